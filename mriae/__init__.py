@@ -7,3 +7,33 @@ Modules: ``io`` (NIfTI, MGZ, DICOM readers), ``cohort`` (demo cohort from public
 """
 
 __version__ = "0.1.0"
+
+from pathlib import Path as _Path
+
+
+def repo_root() -> _Path:
+    """The checkout (or install prefix) that holds ``bundles/`` next to this package."""
+    return _Path(__file__).resolve().parents[1]
+
+
+def default_data_dir() -> str:
+    """Where prepared data lives unless a config says otherwise: ``<repo>/data``."""
+    return str(repo_root() / "data")
+
+
+def find_bundle_root(name: str) -> str:
+    """A bundle's root folder: ``.`` when run from inside the bundle (Model Zoo habit),
+    ``bundles/<name>`` when run from the repo root, else the copy next to this package."""
+    import json
+
+    meta = _Path("configs/metadata.json")
+    if meta.is_file():
+        try:
+            if json.loads(meta.read_text()).get("name") == name:
+                return "."
+        except ValueError:
+            pass
+    for cand in (_Path("bundles") / name, repo_root() / "bundles" / name):
+        if (cand / "configs").is_dir():
+            return str(cand)
+    raise FileNotFoundError(f"bundle '{name}' not found (looked in ./configs, ./bundles/{name}, {repo_root()})")

@@ -1,0 +1,219 @@
+"""Ignite / MONAI engine pieces the bundles glue together in their configs.
+
+- ``CorruptedBatch``: a ``prepare_batch`` for MONAI's ``SupervisedTrainer`` that moves the clean
+  batch to the device and corrupts the INPUT there (target stays clean).
+- ``ReconstructionEvaluator``: MONAI's ``SupervisedEvaluator`` that also runs each configured
+  corruption of the input (seeded, identical every epoch) and keeps all predictions in the output.
+- ``BestCheckpoint``: keeps the best weights by a validation metric, written atomically
+  (temporary file, then ``os.replace``) with a JSON sidecar; MONAI's ``CheckpointSaver`` writes
+  in place (``atomic=False``), which an interrupted run can leave truncated.
+- ``History``: per-epoch training loss and validation metrics, a curves figure at the end.
+- ``metric_of`` / ``negative_metric_of``: score functions for plateau LR and early stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedEvaluator
+from monai.utils import CommonKeys
+
+from .corruption import Corruption
+
+__all__ = [
+    "CorruptedBatch", "ReconstructionEvaluator", "BestCheckpoint", "History", "metric_of", "negative_metric_of",
+    "load_weights", "seed_everything",
+]
+
+
+def seed_everything(seed: int) -> int:
+    from monai.utils import set_determinism
+
+    set_determinism(seed=seed)
+    return seed
+
+
+class CorruptedBatch:
+    """``prepare_batch(batchdata, device, non_blocking) -> (corrupted input, clean target)``."""
+
+    def __init__(self, corruption: Corruption | None, key: str = "image", seed: int | None = None) -> None:
+        self.corruption, self.key, self.seed = corruption, key, seed
+        self._gen: torch.Generator | None = None
+
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        if self._gen is None or self._gen.device != device:
+            self._gen = torch.Generator(device=device).manual_seed(self.seed)
+        return self._gen
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        clean = batchdata[self.key] if isinstance(batchdata, Mapping) else batchdata
+        clean = torch.as_tensor(clean).to(device=device, non_blocking=non_blocking)
+        if self.corruption is None:
+            return clean, clean
+        return self.corruption(clean, generator=self._generator(clean.device)), clean
+
+
+class ReconstructionEvaluator(SupervisedEvaluator):
+    """Evaluate reconstruction of clean AND corrupted inputs in one pass over the data.
+
+    ``conditions`` maps a name to a ``Corruption`` (e.g. ``{"corrupted": Corruption()}``); the clean
+    input is always evaluated as ``"clean"``. Output keys per iteration: ``label`` (clean target),
+    ``pred`` (reconstruction of the clean input), ``input_<name>`` and ``pred_<name>`` for each
+    condition, plus ``subject`` and ``slice`` from the batch. The corruption generator is reseeded at
+    every run, so every epoch validates on exactly the same corrupted images.
+    """
+
+    def __init__(self, *args, conditions: Mapping[str, Corruption] | None = None, corruption_seed: int = 12345, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conditions = dict(conditions or {})
+        self.corruption_seed = corruption_seed
+        self._cgen: torch.Generator | None = None
+        self.add_event_handler(Events.STARTED, self._reseed)
+
+    def _reseed(self, _engine=None) -> None:
+        self._cgen = None  # recreated (seeded) on the batch's device at the first iteration
+
+    def _iteration(self, engine: Engine, batchdata: dict) -> dict:
+        clean = batchdata[CommonKeys.IMAGE].to(engine.state.device, non_blocking=engine.non_blocking)
+        if self._cgen is None or self._cgen.device != clean.device:
+            self._cgen = torch.Generator(device=clean.device).manual_seed(self.corruption_seed)
+        inputs = {"clean": clean}
+        for name, corruption in self.conditions.items():
+            inputs[name] = corruption(clean, generator=self._cgen)
+        out = {CommonKeys.IMAGE: clean, CommonKeys.LABEL: clean}
+        engine.network.eval()
+        with torch.no_grad(), torch.autocast(device_type=clean.device.type, enabled=bool(engine.amp)):
+            for name, x in inputs.items():
+                pred = engine.inferer(x, engine.network).float()
+                if name == "clean":
+                    out[CommonKeys.PRED] = pred
+                else:
+                    out[f"input_{name}"] = x
+                    out[f"pred_{name}"] = pred
+        out["subject"] = batchdata.get("subject")
+        out["slice"] = batchdata.get("slice")
+        return out
+
+
+def metric_of(name: str):
+    """``engine -> engine.state.metrics[name]`` (for ``LrScheduleHandler``'s step_transform)."""
+
+    def get(engine: Engine) -> float:
+        return float(engine.state.metrics[name])
+
+    return get
+
+
+def negative_metric_of(name: str):
+    """Score for ``EarlyStopHandler`` (higher is better) from a loss-like metric."""
+
+    def get(engine: Engine) -> float:
+        return -float(engine.state.metrics[name])
+
+    return get
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class BestCheckpoint:
+    """Save ``network``'s state_dict to ``path`` whenever ``metric`` improves (lower is better when
+    ``mode='min'``), atomically, with a JSON sidecar (epoch, metrics, ``info``)."""
+
+    def __init__(self, network: torch.nn.Module, path: str, metric: str = "val_loss", mode: str = "min",
+                 info: Mapping | None = None) -> None:
+        self.network, self.path, self.metric, self.mode = network, Path(path), metric, mode
+        self.info = dict(info or {})
+        self.best: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        value = float(engine.state.metrics[self.metric])
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if not better:
+            return
+        self.best = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        net = getattr(self.network, "module", self.network)
+        _atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.path)
+        epoch = engine.state.epoch  # MONAI's Evaluator.run(global_epoch) sets it to the trainer's epoch
+        meta = {"epoch": epoch, "metric": self.metric, "value": value,
+                "metrics": {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))},
+                **self.info}
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+        os.replace(tmp, self.path.with_suffix(".json"))
+
+
+def load_weights(network: torch.nn.Module, path: str | Path, map_location="cpu") -> torch.nn.Module:
+    """Load a state_dict saved by ``BestCheckpoint`` (``weights_only=True``: no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (train the bundle first)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: not a readable weights file ({type(e).__name__})") from None
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    missing, unexpected = getattr(network, "module", network).load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit this network (missing {len(missing)}, unexpected {len(unexpected)} keys)")
+    return network
+
+
+class History:
+    """Record the mean training loss per epoch (also put in ``trainer.state.metrics['train_loss']``
+    so MLflow logs it per epoch) and the validation metrics; at the end write ``history.json`` and
+    ``curves.png`` (loss and metric curves) into ``output_dir``."""
+
+    def __init__(self, output_dir: str, evaluator: Engine | None = None, metrics: tuple[str, ...] = ("val_loss",)) -> None:
+        self.output_dir, self.evaluator, self.metrics = Path(output_dir), evaluator, tuple(metrics)
+        self.train_loss: list[float] = []
+        self.val: list[dict] = []
+        self._sum, self._n = 0.0, 0
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+        trainer.add_event_handler(Events.COMPLETED, self.write)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._val)
+
+    def _reset(self, _):
+        self._sum, self._n = 0.0, 0
+
+    def _accumulate(self, engine: Engine):
+        out = engine.state.output
+        loss = out[0]["loss"] if isinstance(out, list) else out["loss"]
+        self._sum += float(loss)
+        self._n += 1
+
+    def _epoch(self, engine: Engine):
+        if self._n:
+            self.train_loss.append(self._sum / self._n)
+            engine.state.metrics["train_loss"] = self.train_loss[-1]
+
+    def _val(self, engine: Engine):
+        self.val.append({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
+
+    def write(self, _=None) -> None:
+        from .reports import plot_curves
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        hist = {"train_loss": self.train_loss, "validation": self.val}
+        (self.output_dir / "history.json").write_text(json.dumps(hist, indent=2))
+        plot_curves(hist, self.output_dir / "curves.png", self.metrics)

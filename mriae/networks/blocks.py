@@ -1,0 +1,86 @@
+"""Building blocks of the S4 autoencoders, for ``spatial_dims`` 2 or 3 (MONAI layer factories).
+
+Batch norm uses Keras' defaults (eps 1e-3, momentum 0.99 -> PyTorch momentum 0.01) because the
+seed models were Keras models. ``same`` 3x3 convolutions; stride 2 halves every spatial size.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.layers import Conv, Norm
+from torch import nn
+
+__all__ = ["conv", "batch_norm", "FullPreActResBlock", "OriginalResBlock", "UpBlock", "RES_BLOCKS"]
+
+
+def conv(spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
+    """A 'same' convolution with bias (as Keras' Conv2D default)."""
+    return Conv[Conv.CONV, spatial_dims](in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
+
+
+def batch_norm(spatial_dims: int, ch: int) -> nn.Module:
+    return Norm[Norm.BATCH, spatial_dims](ch, eps=1e-3, momentum=0.01)
+
+
+class _Shortcut(nn.Module):
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.proj = conv(spatial_dims, in_ch, out_ch, 1, stride) if (in_ch != out_ch or stride != 1) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.proj is None else self.proj(x)
+
+
+class FullPreActResBlock(nn.Module):
+    """Full pre-activation residual block (He et al. 2016, "Identity mappings in deep residual networks"):
+    BN -> ReLU -> Conv(stride) -> BN -> ReLU -> Conv, plus a shortcut (1x1 conv when the stride or the
+    width changes), added; no activation after the addition."""
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            batch_norm(spatial_dims, in_ch),
+            nn.ReLU(),
+            conv(spatial_dims, in_ch, out_ch, 3, stride),
+            batch_norm(spatial_dims, out_ch),
+            nn.ReLU(),
+            conv(spatial_dims, out_ch, out_ch, 3, 1),
+        )
+        self.shortcut = _Shortcut(spatial_dims, in_ch, out_ch, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
+class OriginalResBlock(nn.Module):
+    """Original residual block (He et al. 2015): Conv(stride) -> BN -> ReLU -> Conv -> BN, plus a
+    shortcut (1x1 conv when the stride or width changes), added, then ReLU."""
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv(spatial_dims, in_ch, out_ch, 3, stride),
+            batch_norm(spatial_dims, out_ch),
+            nn.ReLU(),
+            conv(spatial_dims, out_ch, out_ch, 3, 1),
+            batch_norm(spatial_dims, out_ch),
+        )
+        self.shortcut = _Shortcut(spatial_dims, in_ch, out_ch, stride)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+RES_BLOCKS = {"full_preact": FullPreActResBlock, "original": OriginalResBlock}
+
+
+class UpBlock(nn.Sequential):
+    """S4's decoder block UP(f): ConvTranspose(f, 3, stride 2, 'same') -> BN -> ReLU; doubles the size."""
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int) -> None:
+        super().__init__(
+            Conv[Conv.CONVTRANS, spatial_dims](in_ch, out_ch, 3, stride=2, padding=1, output_padding=1),
+            batch_norm(spatial_dims, out_ch),
+            nn.ReLU(),
+        )

@@ -1,0 +1,78 @@
+"""Residual U-Net autoencoder of S4 (Arnaiz, brain MRI autoencoder thesis, section 5.4.4.4,
+code ``res_skip_cae.py``), and the shallow residual autoencoder (5.4.4.1) as its no-skip variant.
+
+Layer plan at 128x128x1 (widths ``channels=(32, 64, 128)``, ``block='full_preact'``)::
+
+    x1 = Conv32 s2                      64x64x32
+    RB64 s2 -> RB64 s1 = x2             32x32x64
+    RB128 s2                            16x16x128  (latent)
+    UP64 -> concat x2                   32x32x128
+    UP32 -> concat x1                   64x64x64
+    UP16                                128x128x16
+    Conv1 3x3 + sigmoid                 128x128x1
+
+483,649 parameters in Keras' count (which includes batch-norm running statistics; see
+``count_parameters``); without ``skip`` it is the shallow residual AE (460,609).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import RES_BLOCKS, UpBlock, conv
+
+__all__ = ["ResUNetAE"]
+
+
+class ResUNetAE(nn.Module):
+    """Residual U-Net autoencoder (``skip=True``) or shallow residual autoencoder (``skip=False``).
+
+    Args:
+        spatial_dims: 2 for slices, 3 for volumes.
+        in_channels / out_channels: image channels (1 for MRI).
+        channels: encoder widths (first conv, first residual stage, latent stage).
+        block: ``"full_preact"`` (S4's Residual U-Net) or ``"original"``.
+        skip: concatenate encoder features into the decoder (U-Net) or not.
+        img_size: expected input size (for shape checks); any size divisible by 8 works.
+
+    Input ``(B, in_channels, *img_size)`` in [0, 1]; output the same shape, in (0, 1) (sigmoid).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        channels: Sequence[int] = (32, 64, 128),
+        block: str = "full_preact",
+        skip: bool = True,
+        img_size: int | Sequence[int] | None = 128,
+    ) -> None:
+        super().__init__()
+        if block not in RES_BLOCKS:
+            raise ValueError(f"block {block!r} is not one of {sorted(RES_BLOCKS)}")
+        c1, c2, c3 = channels
+        rb = RES_BLOCKS[block]
+        self.spatial_dims, self.skip, self.img_size = spatial_dims, skip, img_size
+        self.stem = conv(spatial_dims, in_channels, c1, 3, 2)
+        self.stage2 = nn.Sequential(rb(spatial_dims, c1, c2, 2), rb(spatial_dims, c2, c2, 1))
+        self.stage3 = rb(spatial_dims, c2, c3, 2)
+        self.up1 = UpBlock(spatial_dims, c3, c2)
+        self.up2 = UpBlock(spatial_dims, 2 * c2 if skip else c2, c1)
+        self.up3 = UpBlock(spatial_dims, 2 * c1 if skip else c1, c1 // 2)
+        self.head = nn.Sequential(conv(spatial_dims, c1 // 2, out_channels, 3, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.stem(x)
+        x2 = self.stage2(x1)
+        z = self.stage3(x2)
+        y = self.up1(z)
+        if self.skip:
+            y = torch.cat([y, x2], dim=1)
+        y = self.up2(y)
+        if self.skip:
+            y = torch.cat([y, x1], dim=1)
+        return self.head(self.up3(y))

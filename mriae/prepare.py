@@ -1,0 +1,231 @@
+"""The prepare step: any source -> cached preprocessed volumes + ``datalist.json``.
+
+    python -m mriae.prepare --source ixi --input IXI-T1/ --demographics IXI.xls --output data/ixi
+    python -m mriae.prepare --source nifti --input my_volumes/ --output data/mine
+    python -m mriae.prepare --source dicom --input my_dicom_studies/ --output data/mine_dcm
+    python -m mriae.prepare --source demo --output data/demo        # builds the demo cohort first
+
+Output (nnU-Net style: an artifact on disk that later steps read and check):
+- ``cache/<subject>.npy``: the preprocessed volume (X, S, S), float16, written atomically;
+- ``datalist.json``: ``training`` / ``validation`` / ``test`` lists (subject, image, sha256,
+  relevant ``slices``), the ``split`` (seed, fractions, checksum), the ``preprocessing`` parameters
+  and a ``fingerprint`` (shapes, spacings, intensity statistics) that training, evaluation and
+  inference check against.
+Everything is written to a temporary folder first and moved into place at the end, so an error or
+an interrupt leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .preprocessing import PreprocessConfig, preprocess_volume
+from .sources import Subject, list_subjects
+from .split import split_checksum, stratified_split
+
+__all__ = ["prepare", "main", "DATALIST_VERSION", "sha256_file"]
+
+DATALIST_VERSION = 1
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _process(args: tuple[Subject, dict, str]) -> dict:
+    subject, cfg_dict, cache_dir = args
+    import torch
+
+    from .io import load_volume
+
+    torch.set_num_threads(1)
+    cfg = PreprocessConfig(**cfg_dict)
+    image = load_volume(subject.path, series=subject.series)
+    out = preprocess_volume(image, cfg)
+    vol = out["volume"].astype(np.float16)
+    dst = Path(cache_dir) / f"{subject.id}.npy"
+    tmp = dst.with_suffix(".npy.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, vol)
+    os.replace(tmp, dst)
+    orig_affine = np.asarray(image.affine, dtype=float)
+    fg = out["volume"][out["mask"]]
+    import nibabel as nib
+
+    return {
+        "subject": subject.id,
+        "image": f"cache/{subject.id}.npy",
+        "sha256": sha256_file(dst),
+        "slices": out["slices"].tolist(),
+        "shape": list(vol.shape),
+        "original_shape": [int(s) for s in image.shape[1:]],
+        "original_spacing": [round(float(s), 4) for s in np.sqrt((orig_affine[:3, :3] ** 2).sum(0))],
+        "original_orientation": "".join(nib.aff2axcodes(orig_affine)),
+        "intensity_low": out["intensity_low"],
+        "intensity_high": out["intensity_high"],
+        "foreground_mean": float(fg.mean()) if fg.size else 0.0,
+        "foreground_std": float(fg.std()) if fg.size else 0.0,
+        "demographics": subject.demographics,
+    }
+
+
+def _fingerprint(records: list[dict], cfg: PreprocessConfig) -> dict:
+    sp = np.array([r["original_spacing"] for r in records])
+    shapes = np.array([r["original_shape"] for r in records])
+    n = np.array([len(r["slices"]) for r in records])
+    fp = {
+        "n_subjects": len(records),
+        "n_slices": int(n.sum()),
+        "slices_per_subject": [int(n.min()), int(np.median(n)), int(n.max())],
+        "original_spacing_median": np.median(sp, axis=0).round(4).tolist(),
+        "original_shape_min": shapes.min(0).tolist(),
+        "original_shape_max": shapes.max(0).tolist(),
+        "preprocessed_shape": records[0]["shape"][1:],
+        "foreground_mean": float(np.mean([r["foreground_mean"] for r in records])),
+        "foreground_std": float(np.mean([r["foreground_std"] for r in records])),
+        "preprocessing": cfg.to_dict(),
+    }
+    payload = json.dumps({"p": cfg.to_dict(), "files": sorted(r["sha256"] for r in records)}, sort_keys=True)
+    fp["hash"] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return fp
+
+
+def prepare(
+    subjects: list[Subject],
+    output: str | Path,
+    cfg: PreprocessConfig | None = None,
+    fractions: tuple[float, float, float] = (0.78, 0.14, 0.08),
+    seed: int = 0,
+    workers: int = 2,
+    source: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Preprocess ``subjects`` into ``output`` and write the datalist; returns its path."""
+    cfg = cfg or PreprocessConfig()
+    output = Path(output)
+    datalist_path = output / "datalist.json"
+    if datalist_path.exists():
+        old = json.loads(datalist_path.read_text())
+        same = old.get("preprocessing") == cfg.to_dict() and old.get("source") == (source or {})
+        same = same and old.get("split", {}).get("seed") == seed and old.get("split", {}).get("fractions") == list(fractions)
+        if same and not overwrite:
+            return datalist_path
+        if not overwrite:
+            raise FileExistsError(f"{datalist_path}: exists with other settings; pass --overwrite to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        (tmp / "cache").mkdir()
+        jobs = [(s, cfg.to_dict(), str(tmp / "cache")) for s in subjects]
+        records = _run(jobs, workers)
+        groups = {s.id: s.extra.get("group", s.id) for s in subjects}
+        demo = {groups[s.id]: s.demographics for s in subjects if s.demographics}
+        fixed = {groups[s.id]: "test" for s in subjects if s.role == "heldout"}
+        split = stratified_split(sorted(set(groups.values())), demo, fractions, seed, fixed)
+        part_of = {g: p for p, ids in split.items() for g in ids}
+        by_part: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
+        for r in records:
+            by_part[part_of[groups[r["subject"]]]].append(r)
+        subject_split = {p: [r["subject"] for r in rs] for p, rs in by_part.items()}
+        datalist = {
+            "version": DATALIST_VERSION,
+            "description": (source or {}).get("description", "prepared by mriae.prepare"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "source": source or {},
+            "preprocessing": cfg.to_dict(),
+            "fingerprint": _fingerprint(records, cfg),
+            "split": {
+                "seed": seed,
+                "fractions": list(fractions),
+                "stratified_by": ["sex", "age_group(<25,25-65,>=65)", "ethnicity(white/other)"],
+                "checksum": split_checksum(subject_split),
+                "n_subjects": {p: len(v) for p, v in subject_split.items()},
+                "n_slices": {p: int(sum(len(r["slices"]) for r in rs)) for p, rs in by_part.items()},
+            },
+            **by_part,
+        }
+        (tmp / "datalist.json").write_text(json.dumps(datalist, indent=2))
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return datalist_path
+
+
+def _run(jobs: list, workers: int) -> list[dict]:
+    from tqdm import tqdm
+
+    bar = dict(total=len(jobs), desc="prepare", unit="vol", file=sys.stderr, disable=None)
+    if workers <= 1 or len(jobs) <= 1:
+        return [_process(j) for j in tqdm(jobs, **bar)]
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
+        return list(tqdm(ex.map(_process, jobs), **bar))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mriae.prepare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", choices=["demo", "ixi", "nifti", "dicom"], required=True)
+    p.add_argument("--input", help="input folder (not needed for demo)")
+    p.add_argument("--demographics", help="IXI.xls or a CSV (subject, sex, age, ethnicity)")
+    p.add_argument("--output", required=True, help="output folder (datalist.json + cache/)")
+    p.add_argument("--spacing", type=float, nargs=3, default=PreprocessConfig.spacing)
+    p.add_argument("--slice-size", type=int, default=PreprocessConfig.slice_size)
+    p.add_argument("--axcodes", default=PreprocessConfig.axcodes)
+    p.add_argument("--percentiles", type=float, nargs=2, default=(0.5, 99.5))
+    p.add_argument("--min-mask-fraction", type=float, default=PreprocessConfig.min_mask_fraction)
+    p.add_argument("--fractions", type=float, nargs=3, default=(0.78, 0.14, 0.08))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--demo-subjects", type=int, default=20, help="demo: number of training/validation subjects")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = PreprocessConfig(
+        axcodes=args.axcodes,
+        spacing=tuple(args.spacing),
+        slice_size=args.slice_size,
+        lower_percentile=args.percentiles[0],
+        upper_percentile=args.percentiles[1],
+        min_mask_fraction=args.min_mask_fraction,
+    )
+    try:
+        if args.source == "demo":
+            from .data import prepare_demo
+
+            path = prepare_demo(args.output, n_subjects=args.demo_subjects, cfg=cfg, seed=args.seed, workers=args.workers)
+        else:
+            subjects = list_subjects(args.source, args.input, args.demographics)
+            source = {"type": args.source, "input": os.path.abspath(args.input)}
+            path = prepare(subjects, args.output, cfg, tuple(args.fractions), args.seed, args.workers, source, args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
+        print(f"prepare: error: {e}", file=sys.stderr)
+        return 2
+    dl = json.loads(Path(path).read_text())
+    print(f"wrote {path}: subjects {dl['split']['n_subjects']}, slices {dl['split']['n_slices']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

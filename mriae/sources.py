@@ -1,0 +1,152 @@
+"""Where subjects come from: the demo cohort, an IXI-T1 folder (+ IXI.xls), a folder of NIfTI /
+FreeSurfer .mgz volumes, or a folder of DICOM studies. Each lister returns ``Subject`` records that
+the prepare step loads with ``mriae.io.load_volume``.
+
+DICOM subjects are named ``dicom-001``, ``dicom-002``... in an order set by a hash of the patient
+id, so that no DICOM identifier reaches file names, logs or MLflow, while all series of one patient
+still share one subject (and so one partition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Subject", "list_subjects", "read_demographics"]
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz")
+
+
+@dataclass
+class Subject:
+    id: str
+    path: Path
+    series: str | None = None
+    demographics: dict | None = None
+    role: str | None = None  # "heldout" forces the test partition
+    extra: dict = field(default_factory=dict)
+
+
+def _is_volume(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for suf in VOLUME_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return p.stem
+
+
+def _col(columns, *prefixes: str) -> str | None:
+    for c in columns:
+        norm = str(c).strip().upper()
+        if any(norm.startswith(p) for p in prefixes):
+            return c
+    return None
+
+
+def read_demographics(path: str | Path) -> dict[str, dict]:
+    """Read IXI.xls (or a CSV with the same columns, or subject/sex/age/ethnicity) into
+    ``{id: {"sex", "age", "ethnicity"}}``. IXI ids become ``IXI002`` style. Duplicated rows (IXI has
+    some) keep the first row with an age."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: demographics file not found")
+    try:
+        df = pd.read_excel(path) if path.suffix.lower() in (".xls", ".xlsx") else pd.read_csv(path)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a user error here
+        raise ValueError(f"{path}: cannot read demographics table ({type(e).__name__}: {e})") from None
+    cols = list(df.columns)
+    id_col = _col(cols, "SUBJECT") or _col(cols, "IXI_ID")
+    sex_col, age_col, eth_col = _col(cols, "SEX"), _col(cols, "AGE"), _col(cols, "ETHNIC")
+    if id_col is None:
+        raise ValueError(f"{path}: no IXI_ID or subject column (columns: {cols})")
+    out: dict[str, dict] = {}
+    for _, row in df.iterrows():
+        raw = row[id_col]
+        if raw is None or (isinstance(raw, float) and not np.isfinite(raw)):
+            continue
+        sid = f"IXI{int(raw):03d}" if (isinstance(raw, (int, float, np.integer, np.floating))) else str(raw)
+        age = row[age_col] if age_col is not None else None
+        age = float(age) if age is not None and str(age) not in ("", "nan") else None
+        rec = {
+            "sex": None if sex_col is None or str(row[sex_col]) == "nan" else str(int(float(row[sex_col]))),
+            "age": age,
+            "ethnicity": None if eth_col is None or str(row[eth_col]) == "nan" else str(int(float(row[eth_col]))),
+        }
+        if sid not in out or (out[sid]["age"] is None and rec["age"] is not None):
+            out[sid] = rec
+    return out
+
+
+def list_subjects(source: str, input_dir: str | Path | None = None, demographics: str | Path | None = None) -> list[Subject]:
+    """List the subjects of a source: ``demo`` (input_dir = cohort dir with manifest.json), ``ixi``,
+    ``nifti`` or ``dicom``."""
+    if input_dir is None:
+        raise ValueError(f"source {source!r} needs an input folder")
+    root = Path(input_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: input folder not found")
+    demo = read_demographics(demographics) if demographics else {}
+    if source == "demo":
+        manifest = json.loads((root / "manifest.json").read_text())
+        demo = demo or read_demographics(root / "demographics.csv")
+        return [
+            Subject(s["id"], root / s["file"], demographics=demo.get(s["id"]), role=s.get("role"))
+            for s in manifest["subjects"]
+        ]
+    if source == "ixi":
+        subjects, seen = [], set()
+        for p in sorted(root.iterdir()):
+            m = re.match(r"(IXI\d{3})-", p.name)
+            if not (m and _is_volume(p)):
+                continue
+            if m.group(1) in seen:  # IXI has duplicated volumes; keep the first
+                continue
+            seen.add(m.group(1))
+            subjects.append(Subject(m.group(1), p, demographics=demo.get(m.group(1))))
+        if not subjects:
+            raise ValueError(f"{root}: no IXI volumes (IXI###-*.nii.gz) found")
+        return subjects
+    if source == "nifti":
+        files = sorted(p for p in root.rglob("*") if _is_volume(p))
+        if not files:
+            raise ValueError(f"{root}: no .nii, .nii.gz or .mgz volumes found")
+        ids = [_stem(p) for p in files]
+        if len(set(ids)) != len(ids):
+            ids = [str(p.relative_to(root)).replace("/", "_") for p in files]
+            ids = [_stem(Path(i)) for i in ids]
+        return [Subject(i, p, demographics=demo.get(i)) for i, p in zip(ids, files)]
+    if source == "dicom":
+        return _dicom_subjects(root)
+    raise ValueError(f"unknown source {source!r}: use demo, ixi, nifti or dicom")
+
+
+def _dicom_subjects(root: Path) -> list[Subject]:
+    import pydicom
+
+    from .io import find_dicom_series
+
+    series = find_dicom_series(root)
+    if not series:
+        raise ValueError(f"{root}: no DICOM series found")
+    by_patient: dict[str, list[str]] = {}
+    for key, files in series.items():
+        pid = str(getattr(pydicom.dcmread(files[0], stop_before_pixels=True), "PatientID", "") or "")
+        h = hashlib.sha256(pid.encode()).hexdigest()
+        by_patient.setdefault(h, []).append(key)
+    subjects = []
+    for n, h in enumerate(sorted(by_patient), start=1):
+        for k, key in enumerate(sorted(by_patient[h])):
+            sid = f"dicom-{n:03d}" + (f"-{k + 1}" if len(by_patient[h]) > 1 else "")
+            subjects.append(Subject(sid, root, series=key, extra={"group": f"dicom-{n:03d}"}))
+    return subjects

@@ -1,0 +1,106 @@
+"""Dictionary transforms for inference on a user's own volume (NIfTI, .mgz or a DICOM folder).
+
+Used in ``inference.json`` between MONAI's invertible geometric transforms, so that the output is
+mapped back by ``Invertd`` onto exactly the input's grid and affine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from .preprocessing import foreground_mask, robust_scale
+
+__all__ = ["LoadVolumed", "RobustScaled", "UnscaleIntensityd", "Residuald", "list_inputs"]
+
+
+def list_inputs(input_path: str | Path) -> list[dict]:
+    """Inference inputs: a volume file, a folder of volumes, or a DICOM folder (one item per series)."""
+    from .io import find_dicom_series, is_dicom_dir
+    from .sources import VOLUME_SUFFIXES
+
+    p = Path(input_path)
+    if not str(input_path) or not p.exists():
+        raise FileNotFoundError(f"{p}: input not found (pass --input_path <file or folder>)")
+    if p.is_file():
+        return [{"image": str(p)}]
+    vols = sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(VOLUME_SUFFIXES))
+    if vols:
+        return [{"image": str(q)} for q in vols]
+    if is_dicom_dir(p):
+        return [{"image": str(p), "series": key} for key in sorted(find_dicom_series(p))]
+    raise ValueError(f"{p}: no NIfTI / .mgz volume or DICOM series found")
+
+
+class LoadVolumed(MapTransform):
+    """``mriae.io.load_volume`` as a dictionary transform (uses ``data['series']`` when present)."""
+
+    def __init__(self, keys: KeysCollection = "image") -> None:
+        super().__init__(keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        from .io import load_volume
+
+        d = dict(data)
+        for k in self.key_iterator(d):
+            d[k] = load_volume(d[k], series=d.get("series"))
+        return d
+
+
+class RobustScaled(MapTransform):
+    """Percentile scaling to [0, 1] as in prepare; records the bounds in the image's meta."""
+
+    def __init__(self, keys: KeysCollection = "image", lower: float = 0.5, upper: float = 99.5) -> None:
+        super().__init__(keys)
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for k in self.key_iterator(d):
+            img = d[k]
+            arr = img[0].detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)[0]
+            scaled, lo, hi = robust_scale(arr, foreground_mask(arr), self.lower, self.upper)
+            out = torch.as_tensor(scaled[None], dtype=torch.float32)
+            if isinstance(img, MetaTensor):
+                out = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations))
+                out.meta["intensity_low"], out.meta["intensity_high"] = lo, hi
+            d[k] = out
+        return d
+
+
+class Residuald(MapTransform):
+    """``residual = |pred - image|`` (both in the scaled [0, 1] space), stored under ``residual_key``."""
+
+    def __init__(self, keys: KeysCollection = "pred", image_key: str = "image", residual_key: str = "residual") -> None:
+        super().__init__(keys)
+        self.image_key, self.residual_key = image_key, residual_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for k in self.key_iterator(d):
+            d[self.residual_key] = (d[k] - d[self.image_key]).abs()
+        return d
+
+
+class UnscaleIntensityd(MapTransform):
+    """Map [0, 1] back to the input's intensity units with the bounds ``RobustScaled`` recorded."""
+
+    def __init__(self, keys: KeysCollection = "pred", meta_from: str = "image") -> None:
+        super().__init__(keys)
+        self.meta_from = meta_from
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        meta = getattr(d[self.meta_from], "meta", {})
+        lo, hi = meta.get("intensity_low"), meta.get("intensity_high")
+        if lo is None or hi is None:
+            return d
+        for k in self.key_iterator(d):
+            d[k] = d[k] * (float(hi) - float(lo)) + float(lo)
+        return d
