@@ -6,9 +6,13 @@ Modules: ``io`` (NIfTI, MGZ, DICOM readers), ``cohort`` (demo cohort from public
 ``evaluation``, ``inference``, ``tracking`` (MLflow).
 """
 
+from pathlib import Path as _Path
+
+from .errors import install_excepthook as _install_excepthook
+
 __version__ = "0.1.0"
 
-from pathlib import Path as _Path
+_install_excepthook()
 
 
 def repo_root() -> _Path:
@@ -36,4 +40,6 @@ def find_bundle_root(name: str) -> str:
     for cand in (_Path("bundles") / name, repo_root() / "bundles" / name):
         if (cand / "configs").is_dir():
             return str(cand)
-    raise FileNotFoundError(f"bundle '{name}' not found (looked in ./configs, ./bundles/{name}, {repo_root()})")
+    raise FileNotFoundError(
+        f"bundle '{name}' not found (looked in ./configs, ./bundles/{name}, {repo_root()})"
+    )

@@ -33,7 +33,7 @@ import shutil
 import sys
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cropped_template(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Source volume (float32) cropped to the brain's bounding box plus a margin, and the crop's affine."""
     img = nib.load(locate_template(name))
@@ -143,7 +143,9 @@ def _cropped_template(name: str) -> tuple[np.ndarray, np.ndarray]:
     return crop, affine
 
 
-def _warp(volume: torch.Tensor, spacing: np.ndarray, seeds: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+def _warp(
+    volume: torch.Tensor, spacing: np.ndarray, seeds: list[int]
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Resample ``volume`` (1 mm voxels) onto a grid of ``spacing`` mm with a random affine + elastic warp.
 
     One interpolation: output voxel centres (mm, centred) -> random affine (MONAI ``RandAffineGrid``)
@@ -180,7 +182,9 @@ def _warp(volume: torch.Tensor, spacing: np.ndarray, seeds: list[int]) -> tuple[
     return torch.as_tensor(out, dtype=torch.float32), params
 
 
-def _synthesize(volume: np.ndarray, affine: np.ndarray, subject_seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _synthesize(
+    volume: np.ndarray, affine: np.ndarray, subject_seed: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """One synthetic subject from a cropped 1 mm RAS source volume: returns (int16 data, RAS affine, params)."""
     rng = np.random.default_rng(subject_seed)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=5)]
@@ -208,7 +212,11 @@ def _synthesize(volume: np.ndarray, affine: np.ndarray, subject_seed: int) -> tu
     out_affine = np.diag([*spacing, 1.0])
     out_affine[:3, 3] = centre - spacing * (np.asarray(data.shape) - 1) / 2
     params |= {f"spacing_{a}_mm": float(s) for a, s in zip("xyz", spacing)}
-    params |= {"gamma": float(contrast.gamma_value), "bias_min": float(field.min()), "bias_max": float(field.max())}
+    params |= {
+        "gamma": float(contrast.gamma_value),
+        "bias_min": float(field.min()),
+        "bias_max": float(field.max()),
+    }
     params |= {"noise_level": noise_level, "intensity_max": intensity_max}
     return data, out_affine, {k: round(v, 6) for k, v in params.items()}
 
@@ -216,8 +224,11 @@ def _synthesize(volume: np.ndarray, affine: np.ndarray, subject_seed: int) -> tu
 def _nifti_bytes(data: np.ndarray, affine: np.ndarray, orientation: str) -> bytes:
     """Gzipped NIfTI-1 bytes of an int16 RAS volume, stored in ``orientation`` with unchanged world geometry."""
     img = nib.Nifti1Image(data, affine)
-    img = img.as_reoriented(nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
-                                                            nib.orientations.axcodes2ornt(tuple(orientation))))
+    img = img.as_reoriented(
+        nib.orientations.ornt_transform(
+            nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(tuple(orientation))
+        )
+    )
     img = nib.Nifti1Image(np.ascontiguousarray(img.dataobj), img.affine)
     img.set_data_dtype(np.int16)
     img.header.set_xyzt_units("mm", "sec")
@@ -303,7 +314,9 @@ def build_demo_cohort(
         (seed, n_subjects, n_test_subjects, generator version).
     """
     if n_subjects < 1 or n_test_subjects < 1:
-        raise ValueError(f"need n_subjects >= 1 and n_test_subjects >= 1, got {n_subjects}, {n_test_subjects}")
+        raise ValueError(
+            f"need n_subjects >= 1 and n_test_subjects >= 1, got {n_subjects}, {n_test_subjects}"
+        )
     out_dir = Path(out_dir).absolute()
     manifest = out_dir / "manifest.json"
     key = {"seed": seed, "n_subjects": n_subjects, "n_test_subjects": n_test_subjects,
@@ -362,7 +375,9 @@ def build_demo_cohort(
 
         rows, missing = _demographics([s["id"] for s in specs], n_subjects, subject_rngs[-1])
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, ["subject", "IXI_ID", "SEX_ID", "AGE", "ETHNIC_ID"], lineterminator="\n")
+        writer = csv.DictWriter(
+            buffer, ["subject", "IXI_ID", "SEX_ID", "AGE", "ETHNIC_ID"], lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows(rows)
         _write_atomic(tmp_dir / "demographics.csv", buffer.getvalue().encode())
@@ -380,8 +395,9 @@ def build_demo_cohort(
             **key,
             "versions": {"monai": _version("monai"), "torch": torch.__version__, "numpy": np.__version__},
             "sources": {
-                name: SOURCES[name] | {"sha256": _sha256(path), "role": "cohort" if name == COHORT_SOURCE
-                                       else "heldout"} for name, path in sources.items()
+                name: SOURCES[name]
+                | {"sha256": _sha256(path), "role": "cohort" if name == COHORT_SOURCE else "heldout"}
+                for name, path in sources.items()
             },  # fmt: skip
             "demographics": "demographics.csv",
             "notice": "NOTICE.txt",

@@ -41,7 +41,9 @@ def _range(value: float | Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
-def gaussian_kernel1d(sigma: float, size: int | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def gaussian_kernel1d(
+    sigma: float, size: int | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """Normalised 1D Gaussian kernel; ``size`` None means 2 * ceil(3 sigma) + 1."""
     if size is None:
         size = 2 * math.ceil(3 * sigma) + 1
@@ -106,7 +108,15 @@ class Corruption:
         self.renormalize = renormalize
 
     def __repr__(self) -> str:
-        keys = ("dropout", "noise_std", "rician_std", "blankout_prob", "blankout_size", "blur_prob", "blur_sigma")
+        keys = (
+            "dropout",
+            "noise_std",
+            "rician_std",
+            "blankout_prob",
+            "blankout_size",
+            "blur_prob",
+            "blur_sigma",
+        )
         return "Corruption(" + ", ".join(f"{k}={getattr(self, k)}" for k in keys) + ")"
 
     def config(self) -> dict:
@@ -125,7 +135,9 @@ class Corruption:
         }
 
     @staticmethod
-    def _uniform(lohi: tuple[float, float], n: int, g: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    def _uniform(
+        lohi: tuple[float, float], n: int, g: torch.Generator | None, like: torch.Tensor
+    ) -> torch.Tensor:
         lo, hi = lohi
         u = torch.rand(n, generator=g, device=like.device, dtype=torch.float32)
         return (lo + (hi - lo) * u).to(like.dtype)

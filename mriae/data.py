@@ -16,30 +16,45 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import InputError
 from .prepare import prepare, sha256_file
 from .preprocessing import PreprocessConfig
 
 __all__ = ["ensure_datalist", "prepare_demo", "load_datalist", "SliceDataset", "DatalistError"]
 
 
-class DatalistError(ValueError):
+class DatalistError(InputError):
     """A datalist or its cache does not match what a step expects (one-line message)."""
 
 
 def prepare_demo(
-    root: str | Path, n_subjects: int = 20, n_test_subjects: int = 4, cfg: PreprocessConfig | None = None,
-    seed: int = 0, workers: int = 2,
+    root: str | Path,
+    n_subjects: int = 20,
+    n_test_subjects: int = 4,
+    cfg: PreprocessConfig | None = None,
+    seed: int = 0,
+    workers: int = 2,
 ) -> Path:
     """Build (or reuse) the demo cohort in ``root/cohort`` and prepare it into ``root/prepared``."""
     from .cohort import build_demo_cohort
     from .sources import list_subjects
 
     root = Path(root)
-    manifest = build_demo_cohort(root / "cohort", n_subjects=n_subjects, n_test_subjects=n_test_subjects, seed=seed, workers=workers)
+    manifest = build_demo_cohort(
+        root / "cohort", n_subjects=n_subjects, n_test_subjects=n_test_subjects, seed=seed, workers=workers
+    )
     desc = json.loads(Path(manifest).read_text()).get("description", "demo cohort")
     subjects = list_subjects("demo", root / "cohort")
-    source = {"type": "demo", "description": desc, "n_subjects": n_subjects, "n_test_subjects": n_test_subjects, "seed": seed}
-    return prepare(subjects, root / "prepared", cfg or PreprocessConfig(), seed=seed, workers=workers, source=source)
+    source = {
+        "type": "demo",
+        "description": desc,
+        "n_subjects": n_subjects,
+        "n_test_subjects": n_test_subjects,
+        "seed": seed,
+    }
+    return prepare(
+        subjects, root / "prepared", cfg or PreprocessConfig(), seed=seed, workers=workers, source=source
+    )
 
 
 def ensure_datalist(dataset_dir: str | Path, **demo_kwargs) -> str:
@@ -79,7 +94,9 @@ def load_datalist(path: str | Path, verify: bool = True, expect: Mapping | None 
                 if not f.is_file():
                     raise DatalistError(f"{f}: cached volume missing (re-run prepare)")
                 if sha256_file(f) != rec["sha256"]:
-                    raise DatalistError(f"{f}: checksum differs from the datalist (file changed; re-run prepare)")
+                    raise DatalistError(
+                        f"{f}: checksum differs from the datalist (file changed; re-run prepare)"
+                    )
     dl["_root"] = str(path.parent)
     return dl
 

@@ -24,10 +24,17 @@ from monai.engines import SupervisedEvaluator
 from monai.utils import CommonKeys
 
 from .corruption import Corruption
+from .errors import InputError, MissingFileError
 
 __all__ = [
-    "CorruptedBatch", "ReconstructionEvaluator", "BestCheckpoint", "History", "metric_of", "negative_metric_of",
-    "load_weights", "seed_everything",
+    "CorruptedBatch",
+    "ReconstructionEvaluator",
+    "BestCheckpoint",
+    "History",
+    "metric_of",
+    "negative_metric_of",
+    "load_weights",
+    "seed_everything",
 ]
 
 
@@ -70,7 +77,13 @@ class ReconstructionEvaluator(SupervisedEvaluator):
     every run, so every epoch validates on exactly the same corrupted images.
     """
 
-    def __init__(self, *args, conditions: Mapping[str, Corruption] | None = None, corruption_seed: int = 12345, **kwargs):
+    def __init__(
+        self,
+        *args,
+        conditions: Mapping[str, Corruption] | None = None,
+        corruption_seed: int = 12345,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.conditions = dict(conditions or {})
         self.corruption_seed = corruption_seed
@@ -130,8 +143,14 @@ class BestCheckpoint:
     """Save ``network``'s state_dict to ``path`` whenever ``metric`` improves (lower is better when
     ``mode='min'``), atomically, with a JSON sidecar (epoch, metrics, ``info``)."""
 
-    def __init__(self, network: torch.nn.Module, path: str, metric: str = "val_loss", mode: str = "min",
-                 info: Mapping | None = None) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        path: str,
+        metric: str = "val_loss",
+        mode: str = "min",
+        info: Mapping | None = None,
+    ) -> None:
         self.network, self.path, self.metric, self.mode = network, Path(path), metric, mode
         self.info = dict(info or {})
         self.best: float | None = None
@@ -149,9 +168,13 @@ class BestCheckpoint:
         net = getattr(self.network, "module", self.network)
         _atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.path)
         epoch = engine.state.epoch  # MONAI's Evaluator.run(global_epoch) sets it to the trainer's epoch
-        meta = {"epoch": epoch, "metric": self.metric, "value": value,
-                "metrics": {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))},
-                **self.info}
+        meta = {
+            "epoch": epoch,
+            "metric": self.metric,
+            "value": value,
+            "metrics": {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))},
+            **self.info,
+        }
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta, indent=2, default=str))
         os.replace(tmp, self.path.with_suffix(".json"))
@@ -161,16 +184,18 @@ def load_weights(network: torch.nn.Module, path: str | Path, map_location="cpu")
     """Load a state_dict saved by ``BestCheckpoint`` (``weights_only=True``: no pickled code runs)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (train the bundle first)")
+        raise MissingFileError(f"{path}: checkpoint not found (train the bundle first)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: not a readable weights file ({type(e).__name__})") from None
+        raise InputError(f"{path}: not a readable weights file ({type(e).__name__})") from None
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     missing, unexpected = getattr(network, "module", network).load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit this network (missing {len(missing)}, unexpected {len(unexpected)} keys)")
+        raise InputError(
+            f"{path}: weights do not fit this network (missing {len(missing)}, unexpected {len(unexpected)} keys)"
+        )
     return network
 
 
@@ -179,7 +204,9 @@ class History:
     so MLflow logs it per epoch) and the validation metrics; at the end write ``history.json`` and
     ``curves.png`` (loss and metric curves) into ``output_dir``."""
 
-    def __init__(self, output_dir: str, evaluator: Engine | None = None, metrics: tuple[str, ...] = ("val_loss",)) -> None:
+    def __init__(
+        self, output_dir: str, evaluator: Engine | None = None, metrics: tuple[str, ...] = ("val_loss",)
+    ) -> None:
         self.output_dir, self.evaluator, self.metrics = Path(output_dir), evaluator, tuple(metrics)
         self.train_loss: list[float] = []
         self.val: list[dict] = []

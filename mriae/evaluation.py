@@ -27,7 +27,9 @@ METRICS = ("mse", "dssim", "psnr", "ssim")
 logger = logging.getLogger("mriae.evaluation")
 
 
-def slice_metrics(pred: torch.Tensor, target: torch.Tensor, ssim: SSIMMetric | None = None) -> dict[str, np.ndarray]:
+def slice_metrics(
+    pred: torch.Tensor, target: torch.Tensor, ssim: SSIMMetric | None = None
+) -> dict[str, np.ndarray]:
     """Per-image metrics of a batch (B, C, *spatial) in [0, 1]."""
     pred, target = pred.float(), target.float()
     dims = tuple(range(1, pred.ndim))
@@ -73,14 +75,16 @@ class ReconstructionMetrics:
     def _iteration(self, engine: Engine) -> None:
         out = engine.state.output
         if not isinstance(out, Mapping):
-            raise TypeError("ReconstructionMetrics needs the evaluator's output un-decollated (decollate=False)")
+            raise TypeError(
+                "ReconstructionMetrics needs the evaluator's output un-decollated (decollate=False)"
+            )
         target, n = out["label"], out["label"].shape[0]
         subjects = list(out.get("subject") or [""] * n)
         slices = [int(s) for s in (out.get("slice") if out.get("slice") is not None else [-1] * n)]
         if self.loss_fn is not None:
             self._loss_sum += float(self.loss_fn(out["pred"].float(), target.float())) * n
             self._loss_n += n
-        conds = ["clean"] + [k[len("pred_"):] for k in out if k.startswith("pred_")]
+        conds = ["clean"] + [k[len("pred_") :] for k in out if k.startswith("pred_")]
         for cond in conds:
             pred = out["pred"] if cond == "clean" else out[f"pred_{cond}"]
             m = slice_metrics(pred, target, self.ssim)
@@ -96,8 +100,15 @@ class ReconstructionMetrics:
                 if self.figure_slices.get(subjects[i]) == slices[i]:
                     case = {"clean": (target[i, 0].cpu().numpy(), out["pred"][i, 0].float().cpu().numpy())}
                     for cond in conds[1:]:
-                        case[cond] = (out[f"input_{cond}"][i, 0].cpu().numpy(), out[f"pred_{cond}"][i, 0].float().cpu().numpy())
-                    self.cases[subjects[i]] = {"slice": slices[i], "target": target[i, 0].cpu().numpy(), "images": case}
+                        case[cond] = (
+                            out[f"input_{cond}"][i, 0].cpu().numpy(),
+                            out[f"pred_{cond}"][i, 0].float().cpu().numpy(),
+                        )
+                    self.cases[subjects[i]] = {
+                        "slice": slices[i],
+                        "target": target[i, 0].cpu().numpy(),
+                        "images": case,
+                    }
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """``{condition: {column: {"mean", "std", "n"}}}`` over slices."""
@@ -105,8 +116,14 @@ class ReconstructionMetrics:
         for cond in dict.fromkeys(r["condition"] for r in self.rows):
             rows = [r for r in self.rows if r["condition"] == cond]
             cols = [c for c in rows[0] if c not in ("subject", "slice", "condition")]
-            out[cond] = {c: {"mean": float(np.mean([r[c] for r in rows])), "std": float(np.std([r[c] for r in rows])),
-                             "n": len(rows)} for c in cols}
+            out[cond] = {
+                c: {
+                    "mean": float(np.mean([r[c] for r in rows])),
+                    "std": float(np.std([r[c] for r in rows])),
+                    "n": len(rows),
+                }
+                for c in cols
+            }
         return out
 
     def _complete(self, engine: Engine) -> None:
@@ -136,7 +153,10 @@ class ReconstructionMetrics:
         df = pd.DataFrame(self.rows)
         atomic_write_text(d / "per_slice.csv", df.to_csv(index=False))
         num = [c for c in df.columns if c not in ("subject", "slice", "condition")]
-        atomic_write_text(d / "per_subject.csv", df.groupby(["condition", "subject"], sort=False)[num].mean().reset_index().to_csv(index=False))
+        atomic_write_text(
+            d / "per_subject.csv",
+            df.groupby(["condition", "subject"], sort=False)[num].mean().reset_index().to_csv(index=False),
+        )
         flat = [{"condition": c, "column": k, **v} for c, cols in summ.items() for k, v in cols.items()]
         atomic_write_text(d / "summary.csv", pd.DataFrame(flat).to_csv(index=False))
         atomic_write_text(d / "summary.json", json.dumps(summ, indent=2))

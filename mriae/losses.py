@@ -9,6 +9,8 @@ import torch
 from monai.losses import SSIMLoss
 from torch import nn
 
+from .errors import InputError
+
 __all__ = ["DSSIMLoss", "get_loss", "LOSSES"]
 
 
@@ -18,8 +20,13 @@ class DSSIMLoss(nn.Module):
     def __init__(self, spatial_dims: int = 2, win_size: int = 11, sigma: float = 1.5) -> None:
         super().__init__()
         self.ssim = SSIMLoss(
-            spatial_dims=spatial_dims, data_range=1.0, kernel_type="gaussian", win_size=win_size,
-            kernel_sigma=sigma, k1=0.01, k2=0.03,
+            spatial_dims=spatial_dims,
+            data_range=1.0,
+            kernel_type="gaussian",
+            win_size=win_size,
+            kernel_sigma=sigma,
+            k1=0.01,
+            k2=0.03,
         )
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -33,5 +40,5 @@ def get_loss(name: str, spatial_dims: int = 2) -> nn.Module:
     """``"mse"`` or ``"dssim"`` (one config override: ``--loss_name dssim``)."""
     key = str(name).lower()
     if key not in LOSSES:
-        raise ValueError(f"loss {name!r} is not one of {sorted(LOSSES)}")
+        raise InputError(f"loss {name!r} is not one of {sorted(LOSSES)}")
     return LOSSES[key](spatial_dims=spatial_dims)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, UserError
 from .preprocessing import PreprocessConfig, preprocess_volume
 from .sources import Subject, list_subjects
 from .split import split_checksum, stratified_split
@@ -122,11 +123,15 @@ def prepare(
     if datalist_path.exists():
         old = json.loads(datalist_path.read_text())
         same = old.get("preprocessing") == cfg.to_dict() and old.get("source") == (source or {})
-        same = same and old.get("split", {}).get("seed") == seed and old.get("split", {}).get("fractions") == list(fractions)
+        same = (
+            same
+            and old.get("split", {}).get("seed") == seed
+            and old.get("split", {}).get("fractions") == list(fractions)
+        )
         if same and not overwrite:
             return datalist_path
         if not overwrite:
-            raise FileExistsError(f"{datalist_path}: exists with other settings; pass --overwrite to replace it")
+            raise InputError(f"{datalist_path}: exists with other settings; pass --overwrite to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
@@ -195,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs=3, default=(0.78, 0.14, 0.08))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--demo-subjects", type=int, default=20, help="demo: number of training/validation subjects")
+    p.add_argument(
+        "--demo-subjects", type=int, default=20, help="demo: number of training/validation subjects"
+    )
     p.add_argument("--overwrite", action="store_true")
     return p
 
@@ -214,12 +221,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.source == "demo":
             from .data import prepare_demo
 
-            path = prepare_demo(args.output, n_subjects=args.demo_subjects, cfg=cfg, seed=args.seed, workers=args.workers)
+            path = prepare_demo(
+                args.output, n_subjects=args.demo_subjects, cfg=cfg, seed=args.seed, workers=args.workers
+            )
         else:
             subjects = list_subjects(args.source, args.input, args.demographics)
             source = {"type": args.source, "input": os.path.abspath(args.input)}
-            path = prepare(subjects, args.output, cfg, tuple(args.fractions), args.seed, args.workers, source, args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
+            path = prepare(
+                subjects,
+                args.output,
+                cfg,
+                tuple(args.fractions),
+                args.seed,
+                args.workers,
+                source,
+                args.overwrite,
+            )
+    except (UserError, ValueError, OSError) as e:
         print(f"prepare: error: {e}", file=sys.stderr)
         return 2
     dl = json.loads(Path(path).read_text())

@@ -32,7 +32,9 @@ def plot_curves(history: dict, path: str | Path, metrics=("val_loss",)) -> None:
     ep = np.arange(1, len(history.get("train_loss", [])) + 1)
     ax.plot(ep, history.get("train_loss", []), "o-", label="train")
     if any("val_loss" in v for v in val):
-        ax.plot(np.arange(1, len(val) + 1), [v.get("val_loss", np.nan) for v in val], "s-", label="validation")
+        ax.plot(
+            np.arange(1, len(val) + 1), [v.get("val_loss", np.nan) for v in val], "s-", label="validation"
+        )
     ax.set(title="loss", xlabel="epoch")
     ax.legend()
     for ax, k in zip(axes[0, 1:], keys):
@@ -48,7 +50,12 @@ def case_figure(subject: str, case: dict, path: str | Path) -> None:
     fig, axes = plt.subplots(len(conds), 4, figsize=(10, 2.6 * len(conds)), squeeze=False)
     for r, cond in enumerate(conds):
         x, y = case["images"][cond]
-        panels = [(target, "clean"), (x, f"input: {cond}"), (y, "reconstruction"), (np.abs(y - target), "|recon - clean|")]
+        panels = [
+            (target, "clean"),
+            (x, f"input: {cond}"),
+            (y, "reconstruction"),
+            (np.abs(y - target), "|recon - clean|"),
+        ]
         for c, (img, title) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(img, cmap="gray" if c < 3 else "magma", vmin=0, vmax=1 if c < 3 else 0.25)
@@ -60,7 +67,11 @@ def case_figure(subject: str, case: dict, path: str | Path) -> None:
 
 def summary_table(summary: dict, metrics=("psnr", "ssim", "mse")) -> str:
     """Markdown table: reconstruction next to the (corrupted) input, mean +- std over slices."""
-    head = "| condition | " + " | ".join(f"{m.upper()} recon | {m.upper()} input" for m in metrics) + " | slices |"
+    head = (
+        "| condition | "
+        + " | ".join(f"{m.upper()} recon | {m.upper()} input" for m in metrics)
+        + " | slices |"
+    )
     lines = [head, "|" + "---|" * (2 * len(metrics) + 2)]
     for cond, cols in summary.items():
         cells = []

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, MissingFileError
+
 __all__ = ["Subject", "list_subjects", "read_demographics"]
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz")
@@ -60,16 +62,16 @@ def read_demographics(path: str | Path) -> dict[str, dict]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: demographics file not found")
+        raise MissingFileError(f"{path}: demographics file not found")
     try:
         df = pd.read_excel(path) if path.suffix.lower() in (".xls", ".xlsx") else pd.read_csv(path)
     except Exception as e:  # noqa: BLE001 - any parse failure is a user error here
-        raise ValueError(f"{path}: cannot read demographics table ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: cannot read demographics table ({type(e).__name__}: {e})") from None
     cols = list(df.columns)
     id_col = _col(cols, "SUBJECT") or _col(cols, "IXI_ID")
     sex_col, age_col, eth_col = _col(cols, "SEX"), _col(cols, "AGE"), _col(cols, "ETHNIC")
     if id_col is None:
-        raise ValueError(f"{path}: no IXI_ID or subject column (columns: {cols})")
+        raise InputError(f"{path}: no IXI_ID or subject column (columns: {cols})")
     out: dict[str, dict] = {}
     for _, row in df.iterrows():
         raw = row[id_col]
@@ -81,21 +83,25 @@ def read_demographics(path: str | Path) -> dict[str, dict]:
         rec = {
             "sex": None if sex_col is None or str(row[sex_col]) == "nan" else str(int(float(row[sex_col]))),
             "age": age,
-            "ethnicity": None if eth_col is None or str(row[eth_col]) == "nan" else str(int(float(row[eth_col]))),
+            "ethnicity": None
+            if eth_col is None or str(row[eth_col]) == "nan"
+            else str(int(float(row[eth_col]))),
         }
         if sid not in out or (out[sid]["age"] is None and rec["age"] is not None):
             out[sid] = rec
     return out
 
 
-def list_subjects(source: str, input_dir: str | Path | None = None, demographics: str | Path | None = None) -> list[Subject]:
+def list_subjects(
+    source: str, input_dir: str | Path | None = None, demographics: str | Path | None = None
+) -> list[Subject]:
     """List the subjects of a source: ``demo`` (input_dir = cohort dir with manifest.json), ``ixi``,
     ``nifti`` or ``dicom``."""
     if input_dir is None:
         raise ValueError(f"source {source!r} needs an input folder")
     root = Path(input_dir)
     if not root.exists():
-        raise FileNotFoundError(f"{root}: input folder not found")
+        raise MissingFileError(f"{root}: input folder not found")
     demo = read_demographics(demographics) if demographics else {}
     if source == "demo":
         manifest = json.loads((root / "manifest.json").read_text())
@@ -115,12 +121,12 @@ def list_subjects(source: str, input_dir: str | Path | None = None, demographics
             seen.add(m.group(1))
             subjects.append(Subject(m.group(1), p, demographics=demo.get(m.group(1))))
         if not subjects:
-            raise ValueError(f"{root}: no IXI volumes (IXI###-*.nii.gz) found")
+            raise InputError(f"{root}: no IXI volumes (IXI###-*.nii.gz) found")
         return subjects
     if source == "nifti":
         files = sorted(p for p in root.rglob("*") if _is_volume(p))
         if not files:
-            raise ValueError(f"{root}: no .nii, .nii.gz or .mgz volumes found")
+            raise InputError(f"{root}: no .nii, .nii.gz or .mgz volumes found")
         ids = [_stem(p) for p in files]
         if len(set(ids)) != len(ids):
             ids = [str(p.relative_to(root)).replace("/", "_") for p in files]
@@ -138,7 +144,7 @@ def _dicom_subjects(root: Path) -> list[Subject]:
 
     series = find_dicom_series(root)
     if not series:
-        raise ValueError(f"{root}: no DICOM series found")
+        raise InputError(f"{root}: no DICOM series found")
     by_patient: dict[str, list[str]] = {}
     for key, files in series.items():
         pid = str(getattr(pydicom.dcmread(files[0], stop_before_pixels=True), "PatientID", "") or "")

@@ -15,6 +15,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from .errors import InputError, MissingFileError
 from .preprocessing import foreground_mask, robust_scale
 
 __all__ = ["LoadVolumed", "RobustScaled", "UnscaleIntensityd", "Residuald", "list_inputs"]
@@ -27,7 +28,7 @@ def list_inputs(input_path: str | Path) -> list[dict]:
 
     p = Path(input_path)
     if not str(input_path) or not p.exists():
-        raise FileNotFoundError(f"{p}: input not found (pass --input_path <file or folder>)")
+        raise MissingFileError(f"{p}: input not found (pass --input_path <file or folder>)")
     if p.is_file():
         return [{"image": str(p)}]
     vols = sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(VOLUME_SUFFIXES))
@@ -35,7 +36,7 @@ def list_inputs(input_path: str | Path) -> list[dict]:
         return [{"image": str(q)} for q in vols]
     if is_dicom_dir(p):
         return [{"image": str(p), "series": key} for key in sorted(find_dicom_series(p))]
-    raise ValueError(f"{p}: no NIfTI / .mgz volume or DICOM series found")
+    raise InputError(f"{p}: no NIfTI / .mgz volume or DICOM series found")
 
 
 class LoadVolumed(MapTransform):
@@ -77,7 +78,9 @@ class RobustScaled(MapTransform):
 class Residuald(MapTransform):
     """``residual = |pred - image|`` (both in the scaled [0, 1] space), stored under ``residual_key``."""
 
-    def __init__(self, keys: KeysCollection = "pred", image_key: str = "image", residual_key: str = "residual") -> None:
+    def __init__(
+        self, keys: KeysCollection = "pred", image_key: str = "image", residual_key: str = "residual"
+    ) -> None:
         super().__init__(keys)
         self.image_key, self.residual_key = image_key, residual_key
 

