@@ -1,0 +1,89 @@
+"""MLflow tracking against a REAL `mlflow server` on localhost, and MONAI's `--tracking mlflow`."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO
+from test_bundle import _artifacts, run_bundle
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "art")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+            if proc.poll() is not None:
+                raise RuntimeError("mlflow server exited: " + proc.stderr.read()[-2000:])
+        else:
+            raise RuntimeError("mlflow server did not start in 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _bundle_copy(tmp_path):
+    root = tmp_path / "res_unet"
+    shutil.copytree(REPO / "bundles" / "res_unet", root, ignore=shutil.ignore_patterns("models", "eval", "outputs"))
+    return root
+
+
+def _train(root, prepared, uri, *extra):
+    return run_bundle("training", "--config_file", str(root / "configs" / "train.json"), "--bundle_root", str(root),
+                      "--dataset_dir", str(prepared.parent), "--tracking_uri", uri, "--train#trainer#max_epochs", "2",
+                      "--max_slices_per_subject", "4", "--batch_size", "8", *extra)
+
+
+def test_training_logs_to_a_real_mlflow_server(mlflow_server, small_prepared, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    root = _bundle_copy(tmp_path)
+    _train(root, small_prepared, mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("res_unet").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("res_unet-train-")
+    assert run.data.params["optimizer"] == "torch.optim.RMSprop" and run.data.params["rho"] == "0.9"
+    assert len(client.get_metric_history(run.info.run_id, "val_corrupted_psnr")) == 2
+    assert {"model.pt", "curves.png", "train.json", "metadata.json"} <= _artifacts(client, run.info.run_id)
+    assert any((tmp_path / "art").rglob("model.pt"))  # stored by the server, not next to the client
+
+
+def test_monai_tracking_flag_joins_the_same_run(small_prepared, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    root = _bundle_copy(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    _train(root, small_prepared, uri, "--tracking", "mlflow")
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("res_unet").experiment_id])
+    assert len(runs) == 1  # MONAI's handlers write into our run instead of opening a second one
+    arts = _artifacts(client, runs[0].info.run_id)
+    assert any(a.startswith("config_") and a.endswith(".json") for a in arts)  # MONAI's executed-config record
+    assert "model.pt" in arts
