@@ -244,3 +244,19 @@ class History:
         hist = {"train_loss": self.train_loss, "validation": self.val}
         (self.output_dir / "history.json").write_text(json.dumps(hist, indent=2))
         plot_curves(hist, self.output_dir / "curves.png", self.metrics)
+
+
+def param_groups(network: torch.nn.Module, l2: float = 0.0) -> list[dict]:
+    """Optimizer parameter groups with S4's optional L2 on convolution KERNELS only.
+
+    Keras' ``kernel_regularizer=l2(l2)`` adds ``l2 * sum(w**2)`` to the loss, i.e. ``2 * l2 * w`` to the
+    gradient; PyTorch's ``weight_decay`` adds ``weight_decay * w``, so kernels get ``2 * l2``. Biases and
+    batch-norm parameters are not regularised, as in S4."""
+    kernels, rest = [], []
+    for m in network.modules():
+        for name, p in m.named_parameters(recurse=False):
+            is_kernel = name == "weight" and isinstance(m, torch.nn.modules.conv._ConvNd)
+            (kernels if is_kernel else rest).append(p)
+    if l2 <= 0:
+        return [{"params": kernels + rest}]
+    return [{"params": kernels, "weight_decay": 2 * l2}, {"params": rest, "weight_decay": 0.0}]

@@ -37,3 +37,16 @@ def test_latent_is_16x16x128():
     net = ResUNetAE().eval()
     z = net.stage3(net.stage2(net.stem(torch.rand(1, 1, 128, 128))))
     assert z.shape == (1, 128, 16, 16)
+
+
+def test_l2_applies_to_conv_kernels_only():
+    from mriae.engine import param_groups
+
+    net = ResUNetAE()
+    groups = param_groups(net, 1e-5)
+    n_kernels = sum(p.numel() for p in groups[0]["params"])
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    assert n_kernels == sum(m.weight.numel() for m in convs)
+    assert groups[0]["weight_decay"] == 2e-5 and groups[1]["weight_decay"] == 0.0
+    assert sum(p.numel() for g in groups for p in g["params"]) == count_parameters(net, keras=False)
+    assert len(param_groups(net, 0.0)) == 1
