@@ -105,7 +105,8 @@ class SliceDataset(torch.utils.data.Dataset):
     """All relevant 2D slices of one partition, held in memory as one (N, 1, S, S) float32 tensor.
 
     Items are dicts ``{"image": (1, S, S), "subject": str, "slice": int}``. ``max_slices_per_subject``
-    keeps that many slices per subject, evenly spaced (the quick CPU default uses it).
+    keeps that many slices per subject, evenly spaced (the quick CPU default uses it); ``size``
+    resizes the slices once at load (e.g. 64 for S1's networks).
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class SliceDataset(torch.utils.data.Dataset):
         max_subjects: int | None = None,
         max_slices_per_subject: int | None = None,
         expect: Mapping | None = None,
+        size: int | None = None,
     ) -> None:
         dl = datalist if isinstance(datalist, Mapping) else load_datalist(datalist, expect=expect)
         if partition not in ("training", "validation", "test"):
@@ -132,6 +134,11 @@ class SliceDataset(torch.utils.data.Dataset):
             images.append(np.asarray(vol[sl], dtype=np.float32))
             index.extend((rec["subject"], int(z)) for z in sl)
         self.images = torch.from_numpy(np.concatenate(images))[:, None]
+        if size is not None and tuple(self.images.shape[-2:]) != (size, size):
+            # antialiased bilinear resize of the whole stack at load (S1 works at 64x64)
+            self.images = torch.nn.functional.interpolate(
+                self.images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            ).clamp_(0, 1)
         self.index = index
         self.records = records
         self.preprocessing = dl["preprocessing"]
