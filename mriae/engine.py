@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator
+from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
 from .corruption import Corruption
@@ -48,8 +49,10 @@ def seed_everything(seed: int) -> int:
 class CorruptedBatch:
     """``prepare_batch(batchdata, device, non_blocking) -> (corrupted input, clean target)``."""
 
-    def __init__(self, corruption: Corruption | None, key: str = "image", seed: int | None = None) -> None:
-        self.corruption, self.key, self.seed = corruption, key, seed
+    def __init__(
+        self, corruption: Corruption | None, key: str = "image", seed: int | None = None, channels_last: bool = False
+    ) -> None:
+        self.corruption, self.key, self.seed, self.channels_last = corruption, key, seed, channels_last
         self._gen: torch.Generator | None = None
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
@@ -62,9 +65,10 @@ class CorruptedBatch:
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
         clean = batchdata[self.key] if isinstance(batchdata, Mapping) else batchdata
         clean = torch.as_tensor(clean).to(device=device, non_blocking=non_blocking)
-        if self.corruption is None:
-            return clean, clean
-        return self.corruption(clean, generator=self._generator(clean.device)), clean
+        x = clean if self.corruption is None else self.corruption(clean, generator=self._generator(clean.device))
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, clean
 
 
 class ReconstructionEvaluator(SupervisedEvaluator):
@@ -102,7 +106,8 @@ class ReconstructionEvaluator(SupervisedEvaluator):
             inputs[name] = corruption(clean, generator=self._cgen)
         out = {CommonKeys.IMAGE: clean, CommonKeys.LABEL: clean}
         engine.network.eval()
-        with torch.no_grad(), torch.autocast(device_type=clean.device.type, enabled=bool(engine.amp)):
+        amp = {"enabled": bool(engine.amp), **(engine.amp_kwargs or {})}
+        with torch.no_grad(), torch.autocast(device_type=clean.device.type, **amp):
             for name, x in inputs.items():
                 pred = engine.inferer(x, engine.network).float()
                 if name == "clean":
@@ -113,6 +118,26 @@ class ReconstructionEvaluator(SupervisedEvaluator):
         out["subject"] = batchdata.get("subject")
         out["slice"] = batchdata.get("slice")
         return out
+
+
+class AutocastInferer(SimpleInferer):
+    """``SimpleInferer`` under ``torch.autocast`` (bf16 by default), returning float32 predictions.
+
+    MONAI's trainer ``amp=True`` always adds a ``GradScaler``, whose ``step`` reads ``found_inf`` with
+    ``.item()``: a device synchronisation every iteration, which stalls a fast loop. bf16 has fp32's
+    exponent range and needs no loss scaling, so the bundles keep the trainer's ``amp`` off and put
+    autocast here instead (``--amp True``)."""
+
+    def __init__(self, enabled: bool = False, dtype: str | torch.dtype = "bfloat16") -> None:
+        super().__init__()
+        self.enabled = bool(enabled)
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        if not self.enabled:
+            return network(inputs, *args, **kwargs)
+        with torch.autocast(device_type=inputs.device.type, dtype=self.dtype):
+            return network(inputs, *args, **kwargs).float()
 
 
 def metric_of(name: str):
@@ -226,12 +251,14 @@ class History:
     def _accumulate(self, engine: Engine):
         out = engine.state.output
         loss = out[0]["loss"] if isinstance(out, list) else out["loss"]
-        self._sum += float(loss)
+        # a tensor stays on the device (no synchronisation per iteration); MONAI's decollation has
+        # already turned it into a Python float when the trainer decollates
+        self._sum = self._sum + (loss.detach() if isinstance(loss, torch.Tensor) else float(loss))
         self._n += 1
 
     def _epoch(self, engine: Engine):
         if self._n:
-            self.train_loss.append(self._sum / self._n)
+            self.train_loss.append(float(self._sum) / self._n)
             engine.state.metrics["train_loss"] = self.train_loss[-1]
 
     def _val(self, engine: Engine):

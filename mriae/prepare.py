@@ -55,7 +55,7 @@ def _process(args: tuple[Subject, dict, str]) -> dict:
     from .io import load_volume
 
     torch.set_num_threads(1)
-    cfg = PreprocessConfig(**cfg_dict)
+    cfg = PreprocessConfig.from_dict(cfg_dict)
     image = load_volume(subject.path, series=subject.series)
     out = preprocess_volume(image, cfg)
     vol = out["volume"].astype(np.float16)
@@ -114,9 +114,11 @@ def prepare(
     seed: int = 0,
     workers: int = 2,
     source: dict | None = None,
-    overwrite: bool = False,
+    overwrite: bool | str = False,
 ) -> Path:
-    """Preprocess ``subjects`` into ``output`` and write the datalist; returns its path."""
+    """Preprocess ``subjects`` into ``output`` and write the datalist; returns its path. An existing
+    datalist made with the same settings is reused; one made otherwise is refused unless
+    ``overwrite`` (``"if-changed"``: reuse when the same, rebuild when not; the demo uses it)."""
     cfg = cfg or PreprocessConfig()
     output = Path(output)
     datalist_path = output / "datalist.json"
@@ -128,7 +130,7 @@ def prepare(
             and old.get("split", {}).get("seed") == seed
             and old.get("split", {}).get("fractions") == list(fractions)
         )
-        if same and not overwrite:
+        if same and overwrite in (False, "if-changed"):
             return datalist_path
         if not overwrite:
             raise InputError(f"{datalist_path}: exists with other settings; pass --overwrite to replace it")

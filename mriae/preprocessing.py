@@ -24,7 +24,13 @@ import torch
 from monai.transforms import Compose, Orientationd, ResizeWithPadOrCropd, Spacingd
 from scipy import ndimage
 
-__all__ = ["PreprocessConfig", "geometric_transform", "robust_scale", "foreground_mask", "relevant_slices"]
+__all__ = [
+    "PreprocessConfig", "geometric_transform", "robust_scale", "otsu_threshold", "foreground_mask", "relevant_slices",
+    "preprocess_volume",
+]
+
+
+PREPROCESS_VERSION = 2  # bump when the preprocessing code changes what it writes
 
 
 @dataclass
@@ -40,8 +46,13 @@ class PreprocessConfig:
     min_mask_fraction: float = 3000 / (256 * 256)
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        return cls(**{k: v for k, v in d.items() if k != "code_version"})
+
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["code_version"] = PREPROCESS_VERSION
         d["spacing"] = [float(s) for s in self.spacing]
         return d
 
@@ -60,12 +71,10 @@ def geometric_transform(cfg: PreprocessConfig, keys: str | list[str] = "image") 
 def foreground_mask(volume: np.ndarray) -> np.ndarray:
     """Head / brain foreground of a 3D volume: Otsu threshold, closing, hole filling, largest
     connected component. Stands in for S4's DeepBrain brain mask (documented in the data guide)."""
-    from skimage.filters import threshold_otsu
-
     v = np.asarray(volume, dtype=np.float32)
     if not np.any(v > v.min()):
         return np.zeros(v.shape, dtype=bool)
-    mask = v > threshold_otsu(v[::2, ::2, ::2])
+    mask = v > float(otsu_threshold(torch.from_numpy(np.ascontiguousarray(v[::2, ::2, ::2]))))
     mask = ndimage.binary_closing(mask, structure=np.ones((3, 3, 3)), iterations=2)
     mask = ndimage.binary_fill_holes(mask)
     labels, n = ndimage.label(mask)
@@ -75,20 +84,43 @@ def foreground_mask(volume: np.ndarray) -> np.ndarray:
     return mask
 
 
+def otsu_threshold(v: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Otsu's threshold from a ``bins``-bin histogram, in torch so that it runs where the volume is."""
+    v = v.reshape(-1).float()
+    lo, hi = v.min(), v.max()
+    hist = torch.histc(v, bins=bins, min=float(lo), max=float(hi))
+    centres = lo + (torch.arange(bins, device=v.device, dtype=torch.float32) + 0.5) * (hi - lo) / bins
+    w0 = torch.cumsum(hist, 0)
+    w1 = w0[-1] - w0
+    m0 = torch.cumsum(hist * centres, 0)
+    mu0 = m0 / w0.clamp_min(1)
+    mu1 = (m0[-1] - m0) / w1.clamp_min(1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return centres[int(torch.argmax(between[:-1]))]
+
+
+def _quantile(v: torch.Tensor, q: float) -> float:
+    v = v.reshape(-1).float()
+    if v.numel() > 1 << 24:  # torch.quantile's limit; a regular subsample keeps the estimate exact enough
+        v = v[:: -(-v.numel() // (1 << 24))]
+    return float(torch.quantile(v, q / 100.0))
+
+
 def robust_scale(
-    volume: np.ndarray, mask: np.ndarray | None, lower: float = 0.5, upper: float = 99.5
-) -> tuple[np.ndarray, float, float]:
-    """Scale to [0, 1] (clipped): low = ``lower`` percentile of all voxels, high = ``upper``
-    percentile of the foreground voxels. Returns (scaled, low, high)."""
-    v = np.asarray(volume, dtype=np.float32)
-    lo = float(np.percentile(v, lower))
-    fg = v[mask] if mask is not None and mask.any() else v
-    hi = float(np.percentile(fg, upper))
+    volume: torch.Tensor | np.ndarray, lower: float = 0.5, upper: float = 99.5
+) -> tuple[torch.Tensor, float, float]:
+    """Scale to [0, 1] (clipped) where the volume lives (CPU or GPU): low = ``lower`` percentile of
+    all voxels, high = ``upper`` percentile of the voxels above Otsu's threshold (the foreground).
+    Returns (scaled float32 tensor, low, high). Prepare and inference call this same function."""
+    v = torch.as_tensor(volume).float()
+    lo = _quantile(v, lower)
+    fg = v[v > otsu_threshold(v)]
+    hi = _quantile(fg, upper) if fg.numel() else float(v.max())
     if hi <= lo:
         hi = float(v.max())
     if hi <= lo:
         raise ValueError("volume has no intensity range (constant image)")
-    return np.clip((v - lo) / (hi - lo), 0.0, 1.0), lo, hi
+    return ((v - lo) / (hi - lo)).clamp_(0.0, 1.0), lo, hi
 
 
 def relevant_slices(mask: np.ndarray, min_fraction: float) -> np.ndarray:
@@ -102,9 +134,9 @@ def preprocess_volume(image: torch.Tensor, cfg: PreprocessConfig) -> dict:
     ``data`` dict (for inversion), the scaled volume (X, S, S) float32, mask, relevant slice indices
     and the intensity bounds."""
     data = geometric_transform(cfg)({"image": image})
-    vol = data["image"][0].detach().cpu().numpy()
-    mask = foreground_mask(vol)
-    scaled, lo, hi = robust_scale(vol, mask, cfg.lower_percentile, cfg.upper_percentile)
+    scaled_t, lo, hi = robust_scale(data["image"][0].detach(), cfg.lower_percentile, cfg.upper_percentile)
+    scaled = scaled_t.cpu().numpy()
+    mask = foreground_mask(scaled)
     return {
         "data": data,
         "volume": scaled.astype(np.float32),

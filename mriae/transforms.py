@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from .errors import InputError, MissingFileError
-from .preprocessing import foreground_mask, robust_scale
+from .preprocessing import robust_scale
 
 __all__ = ["LoadVolumed", "RobustScaled", "UnscaleIntensityd", "Residuald", "list_inputs"]
 
@@ -65,9 +64,8 @@ class RobustScaled(MapTransform):
         d = dict(data)
         for k in self.key_iterator(d):
             img = d[k]
-            arr = img[0].detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)[0]
-            scaled, lo, hi = robust_scale(arr, foreground_mask(arr), self.lower, self.upper)
-            out = torch.as_tensor(scaled[None], dtype=torch.float32)
+            scaled, lo, hi = robust_scale(torch.as_tensor(img)[0], self.lower, self.upper)
+            out = scaled[None]
             if isinstance(img, MetaTensor):
                 out = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations))
                 out.meta["intensity_low"], out.meta["intensity_high"] = lo, hi

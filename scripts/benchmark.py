@@ -1,0 +1,349 @@
+#!/usr/bin/env python
+"""Throughput benchmark of the res_unet training data path, inference and prepare (issue: speed).
+
+    python scripts/benchmark.py --out bench.json                 # everything this machine can run
+    python scripts/benchmark.py --only pure,ours,standard --batch-size 256 --amp --channels-last
+
+Measured in ONE process on one device, so the figures are ratios of each other:
+- pure:     the same network and batch size stepping on inputs already on the device (upper bound);
+- ours:     the bundle's real training path built from train.json (device-resident slices sampled by
+            index, all four corruptions batched on the device, loss, RMSprop step, MONAI trainer);
+- standard: a standard MONAI pipeline: per-sample dictionary transforms for slicing and corruption
+            (MONAI RandGaussianNoised / RandCoarseDropoutd / RandGaussianSmoothd + pixel dropout),
+            DataLoader with worker processes, the same network and trainer;
+- infer:    a 256x256x150 IXI-like volume through inference.json's pipeline, slice-wise, on the
+            input grid; file read and write reported separately;
+- prepare:  volumes per second of the prepare step (2 worker processes).
+Each figure is the median of ``--repeats`` timed runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TRAIN = REPO / "bundles" / "res_unet" / "configs" / "train.json"
+INFER = REPO / "bundles" / "res_unet" / "configs" / "inference.json"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_rate(fn, repeats: int) -> tuple[float, list[float]]:
+    rates = [fn() for _ in range(repeats)]
+    return statistics.median(rates), rates
+
+
+def bundle_parser(args, **overrides):
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config(str(TRAIN))
+    p["bundle_root"] = str(REPO / "bundles" / "res_unet")
+    p["dataset_dir"] = args.dataset_dir
+    p["use_mlflow"] = False
+    p["batch_size"] = args.batch_size
+    p["amp"] = args.amp
+    p["channels_last"] = args.channels_last
+    p["compile"] = args.compile
+    p["train#trainer#decollate"] = False
+    p["train#handlers"] = ["@train#history"]  # no validation, progress bar or tracking inside the timing
+    p["output_dir"] = tempfile.mkdtemp()
+    for k, v in overrides.items():
+        p[k] = v
+    return p
+
+
+def time_trainer(trainer, device, iters: int, warmup: int) -> float:
+    from ignite.engine import Events
+
+    marks = {}
+
+    def start(engine):
+        if engine.state.iteration == warmup:
+            sync(device)
+            marks["t0"], marks["i0"] = time.perf_counter(), engine.state.iteration
+
+    def stop(engine):
+        if engine.state.iteration >= warmup + iters:
+            engine.terminate()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, start)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
+    trainer.state.max_epochs = 10_000
+    trainer.run()
+    sync(device)
+    n = trainer.state.iteration - marks["i0"]
+    return n * trainer.data_loader.batch_size / (time.perf_counter() - marks["t0"])
+
+
+def build_ours(args):
+    p = bundle_parser(args)
+    device = p.get_parsed_content("device")
+    trainer = p.get_parsed_content("train#trainer")
+    ds = trainer.data_loader.dataset
+    if args.repeat > 1:  # tile the demo slices to an IXI-sized epoch (46k slices)
+        loader = trainer.data_loader
+        loader.images = loader.images.repeat(args.repeat, 1, 1, 1)
+        loader.dataset = type("Tiled", (), {"__len__": lambda s, n=len(ds) * args.repeat: n})()
+    return trainer, device, p
+
+
+def bench_pure(args, net, device) -> float:
+    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+    loss_fn = torch.nn.MSELoss()
+    b = args.batch_size
+    x = torch.rand(b, 1, 128, 128, device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.rand(b, 1, 128, 128, device=device)
+    step_net = torch.compile(net) if args.compile else net
+
+    def step():  # bf16 needs no loss scaling
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            pred = step_net(x)
+        loss = loss_fn(pred.float(), y)
+        loss.backward()
+        opt.step()
+
+    for _ in range(args.warmup):
+        step()
+
+    def run():
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(args.iters):
+            step()
+        sync(device)
+        return args.iters * b / (time.perf_counter() - t)
+
+    return median_rate(run, args.repeats)
+
+
+def bench_ours(args):
+    rates = []
+    for _ in range(args.repeats):
+        trainer, device, _ = build_ours(args)
+        rates.append(time_trainer(trainer, device, args.iters, args.warmup))
+    return statistics.median(rates), rates
+
+
+def standard_pipeline(args, device):
+    """A standard MONAI pipeline: per-sample dict transforms on the CPU, DataLoader with workers."""
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedTrainer
+    from monai.transforms import (
+        Compose, CopyItemsd, Lambdad, RandCoarseDropoutd, RandGaussianNoised, RandGaussianSmoothd, ScaleIntensityd,
+    )
+
+    from mriae.data import SliceDataset, ensure_datalist
+    from mriae.networks import ResUNetAE
+
+    ds = SliceDataset(ensure_datalist(args.dataset_dir), "training")
+    vols = {}
+    for sid, z in ds.index:
+        vols.setdefault(sid, None)
+    cache = {r["subject"]: np.load(Path(ensure_datalist(args.dataset_dir)).parent / r["image"]) for r in ds.records}
+    items = [{"subject": s, "slice": z} for s, z in ds.index] * args.repeat
+
+    def pixel_dropout(x):
+        rate = np.random.uniform(0, 0.05)
+        return x * (np.random.rand(*x.shape) >= rate) / (1 - rate)
+
+    transform = Compose([
+        Lambdad("subject", lambda s: None, overwrite=False),
+        lambda d: {"label": torch.from_numpy(cache[d["subject"]][d["slice"]].astype(np.float32))[None]},
+        CopyItemsd("label", names="image"),
+        Lambdad("image", pixel_dropout),
+        RandGaussianNoised("image", prob=1.0, std=0.04, sample_std=True),
+        RandCoarseDropoutd("image", holes=1, spatial_size=10, max_spatial_size=39, fill_value=0, prob=0.2),
+        RandGaussianSmoothd("image", sigma_x=(0.6, 0.6), sigma_y=(0.6, 0.6), prob=0.1),
+        ScaleIntensityd("image"),
+    ])
+    loader = DataLoader(Dataset(items, transform), batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, drop_last=True)
+    net = ResUNetAE().to(device)
+    trainer = SupervisedTrainer(
+        device=device, max_epochs=1, train_data_loader=loader, network=net,
+        optimizer=torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.9, eps=1e-7), loss_function=torch.nn.MSELoss(),
+        amp=args.amp, amp_kwargs={"dtype": torch.bfloat16}, decollate=False,
+    )
+    return trainer
+
+
+def bench_standard(args, device):
+    rates = []
+    for _ in range(args.repeats):
+        rates.append(time_trainer(standard_pipeline(args, device), device, args.iters_standard, min(args.warmup, 5)))
+    return statistics.median(rates), rates
+
+
+def ixi_like_volume(path: Path) -> None:
+    """A 256x256x150 volume on IXI's grid (0.94 x 0.94 x 1.2 mm, PSR) resampled from the 2009a template."""
+    import nibabel as nib
+    from scipy.ndimage import affine_transform
+
+    from mriae.cohort import locate_template
+
+    src = nib.load(locate_template("icbm152_2009a_t1"))
+    ax = nib.orientations.axcodes2ornt(("P", "S", "R"))
+    zooms = np.array([0.9375, 0.9375, 1.2])
+    shape = (256, 256, 150)
+    aff = np.zeros((4, 4))
+    aff[3, 3] = 1
+    for i, (axis, flip) in enumerate(ax):
+        aff[int(axis), i] = flip * zooms[i]
+    centre = src.affine @ np.r_[(np.array(src.shape) - 1) / 2, 1]
+    aff[:3, 3] = centre[:3] - aff[:3, :3] @ ((np.array(shape) - 1) / 2)
+    m = np.linalg.inv(src.affine) @ aff
+    data = affine_transform(src.get_fdata(dtype=np.float32), m[:3, :3], m[:3, 3], output_shape=shape, order=1)
+    nib.save(nib.Nifti1Image((data * 4).astype(np.int16), aff), str(path))
+
+
+def bench_infer(args, device, threads: int | None = None) -> dict:
+    from monai.bundle import ConfigParser
+
+    import mriae.engine
+
+    if threads:
+        torch.set_num_threads(threads)
+    tmp = Path(tempfile.mkdtemp())
+    vol = tmp / "ixi_like.nii.gz"
+    ixi_like_volume(vol)
+    p = ConfigParser()
+    p.read_config(str(INFER))
+    p["bundle_root"] = str(REPO / "bundles" / "res_unet")
+    p["device"] = f"$torch.device('{device}')"
+    p["input_path"] = str(vol)
+    p["output_dir"] = str(tmp / "out")
+    net = p.get_parsed_content("network")
+    ckpt = Path(p.get_parsed_content("ckpt_path"))
+    if ckpt.is_file():
+        mriae.engine.load_weights(net, ckpt)
+    net.eval()
+    pre, inferer, post = (p.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing"))
+    load, rest_pre = pre.transforms[0], pre.transforms[1:]
+    from monai.transforms import Compose, SaveImaged
+
+    save = [t for t in post.transforms if isinstance(t, SaveImaged)]
+    compute_post = Compose([t for t in post.transforms if not isinstance(t, SaveImaged)])
+    times = {"read": [], "compute": [], "write": []}
+    for i in range(args.warmup_infer + args.repeats):
+        t0 = time.perf_counter()
+        d = load({"image": str(vol)})
+        t1 = time.perf_counter()
+        for t in rest_pre:
+            d = t(d)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            d["pred"] = inferer(d["image"][None], net)[0].float()
+        d = compute_post(d)
+        sync(device)
+        t2 = time.perf_counter()
+        for s in save:
+            d = s(d)
+        t3 = time.perf_counter()
+        if i >= args.warmup_infer:
+            times["read"].append(t1 - t0)
+            times["compute"].append(t2 - t1)
+            times["write"].append(t3 - t2)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["shape"] = [256, 256, 150]
+    out["checkpoint"] = ckpt.is_file()
+    return out
+
+
+def bench_prepare(args) -> dict:
+    from mriae.preprocessing import PreprocessConfig
+    from mriae.prepare import prepare
+    from mriae.sources import list_subjects
+
+    cohort = Path(args.dataset_dir) / "cohort"
+    subjects = list_subjects("demo", cohort)
+    out = Path(tempfile.mkdtemp()) / "p"
+    t = time.perf_counter()
+    prepare(subjects, out, PreprocessConfig(), workers=2)
+    dt = time.perf_counter() - t
+    return {"volumes": len(subjects), "seconds": dt, "volumes_per_s": len(subjects) / dt}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="benchmark.json")
+    ap.add_argument("--only", default="pure,ours,standard,infer,prepare")
+    ap.add_argument("--dataset-dir", default=str(REPO / "data" / "demo"))
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--iters-standard", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--warmup-infer", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=24, help="tile the demo training slices (24 -> IXI-sized epoch)")
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    ap.add_argument("--cpu-threads-infer", type=int, default=2)
+    ap.add_argument("--profile", help="write a torch.profiler table of the 'ours' loop to this file")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    from mriae.data import ensure_datalist
+    from mriae.engine import seed_everything
+
+    seed_everything(0)
+    ensure_datalist(args.dataset_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    res: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+                 "torch": torch.__version__, "batch_size": args.batch_size, "amp_bf16": args.amp,
+                 "channels_last": args.channels_last, "compile": args.compile}
+    if "pure" in only:
+        from mriae.networks import ResUNetAE
+
+        net = ResUNetAE().to(device)
+        if args.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        res["pure_slices_per_s"], res["pure_runs"] = bench_pure(args, net, device)
+    if "ours" in only:
+        res["ours_slices_per_s"], res["ours_runs"] = bench_ours(args)
+    if "standard" in only:
+        res["standard_slices_per_s"], res["standard_runs"] = bench_standard(args, device)
+        res["standard_workers"] = args.workers
+    if "pure" in only and "ours" in only:
+        res["ours_over_pure"] = res["ours_slices_per_s"] / res["pure_slices_per_s"]
+    if "standard" in only and "ours" in only:
+        res["ours_over_standard"] = res["ours_slices_per_s"] / res["standard_slices_per_s"]
+    if "infer" in only:
+        res["infer"] = {device.type: bench_infer(args, device)}
+        if device.type == "cuda":
+            res["infer"]["cpu"] = bench_infer(args, torch.device("cpu"), threads=args.cpu_threads_infer)
+    if "prepare" in only:
+        res["prepare"] = bench_prepare(args)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        trainer, dev, _ = build_ours(args)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            time_trainer(trainer, dev, 30, 10)
+        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+        Path(args.profile).write_text(prof.key_averages().table(sort_by=key, row_limit=30))
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
