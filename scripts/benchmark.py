@@ -175,7 +175,7 @@ def standard_pipeline(args, device):
         ScaleIntensityd("image"),
     ])
     loader = DataLoader(Dataset(items, transform), batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, drop_last=True)
+                        pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True)
     net = ResUNetAE().to(device)
     trainer = SupervisedTrainer(
         device=device, max_epochs=1, train_data_loader=loader, network=net,

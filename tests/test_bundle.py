@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow

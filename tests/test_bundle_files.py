@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 BUNDLE = REPO / "bundles" / "res_unet"
@@ -52,7 +51,6 @@ def test_inference_network_equals_training_network_and_standard_ids():
 @pytest.mark.parametrize("loss", ["mse", "dssim"])
 def test_loss_is_one_override(loss):
     import torch
-
     from monai.bundle import ConfigParser
 
     p = ConfigParser(ConfigParser.load_config_file(BUNDLE / "configs/train.json"))

@@ -10,7 +10,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import REPO
 from test_bundle import _artifacts, run_bundle
 

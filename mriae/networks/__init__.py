@@ -5,7 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from .blocks import FullPreActResBlock, OriginalResBlock, UpBlock
+from .cae import CAE
+from .conv_ae import ConvAE
+from .gan import GanDiscriminator, GanGenerator
+from .myronenko import GreenBlock, MyronenkoAE
 from .res_unet import ResUNetAE
+from .skip_cae import SkipCAE
+from .vae import SimpleAE, SimpleVAE, VAELoss
 
 __all__ = ["ResUNetAE", "FullPreActResBlock", "OriginalResBlock", "UpBlock", "count_parameters"]
 
@@ -20,3 +26,10 @@ def count_parameters(net: nn.Module, keras: bool = True) -> int:
             b.numel() for name, b in net.named_buffers() if name.endswith(("running_mean", "running_var"))
         )
     return n
+
+
+__all__ += ["SkipCAE", "MyronenkoAE", "GreenBlock"]
+
+__all__ += ["CAE", "ConvAE", "SimpleAE", "SimpleVAE", "VAELoss"]
+
+__all__ += ["GanGenerator", "GanDiscriminator"]

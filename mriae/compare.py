@@ -1,0 +1,255 @@
+"""Compare bundles on one split: train (or reuse) each, evaluate all on the same corrupted test slices
+next to classical baselines, test the differences, and write a leaderboard.
+
+Steps (``python scripts/compare.py -h``):
+1. For each model spec ``bundle[:key=value,...]`` (e.g. ``shallow_res_ae:block=original``,
+   ``skip_cae:l2=1e-5``, ``res_unet:loss_name=dssim``) copy ``bundles/<bundle>`` to
+   ``<output>/bundles/<label>`` and run ``python -m monai.bundle run training`` there with the spec's and
+   the command line's overrides; a copy that already holds ``models/model.pt`` is reused.
+2. Corrupt the test slices once per condition (``conditions``) with a generator seeded from the
+   compare seed and the condition's name, on the CPU, so every model and baseline sees the same
+   inputs whatever the device; evaluate with ``mriae.evaluation.slice_metrics``.
+3. Per model and condition: mean, std and a 95 % CI by bootstrapping subjects; paired tests between all
+   entries per condition and metric, at the slice level (S4) and the subject level (``mriae.stats``).
+4. Leaderboard (markdown into docs/results.md between the compare markers, and CSV), the p-value
+   matrix figure, a reconstruction grid, and an MLflow parent run with a child run per entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import repo_root
+from .corruption import Corruption
+from .evaluation import METRICS, slice_metrics
+from .stats import bootstrap_ci, paired_tests
+
+__all__ = ["ModelSpec", "parse_spec", "conditions", "corrupt_all", "train_model", "load_network", "evaluate"]
+
+S4_MODELS = ["res_unet", "shallow_res_ae", "shallow_res_ae:block=original", "skip_cae", "myronenko_ae"]
+SEVERITIES = {
+    "noise": (0.01, 0.03, 0.05),
+    "rician": (0.01, 0.03, 0.05),
+    "dropout": (0.01, 0.03, 0.05),
+    "blankout": (10, 25, 40),
+    "blur": (0.6, 1.0, 1.5),
+}
+# one corruption alone, without S4's min-max renormalisation (as bundles/*/configs/evaluate.json): with
+# it, additive noise would also rescale the whole slice and the score would measure that shift
+_OFF = {"dropout": 0.0, "noise_std": 0.0, "blankout_prob": 0.0, "blur_prob": 0.0, "renormalize": False}
+
+
+def _value(text: str):
+    """A command-line value as JSON when it parses (numbers, booleans, lists), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+@dataclass
+class ModelSpec:
+    bundle: str
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        parts = [self.bundle] + [f"{k.split('#')[-1]}_{v}" for k, v in self.overrides.items()]
+        return re.sub(r"[^A-Za-z0-9_.-]", "", "-".join(str(p) for p in parts))
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """``"bundle"`` or ``"bundle:key=value,key2=value2"`` (keys are the bundle's config ids)."""
+    name, _, rest = text.partition(":")
+    over = {}
+    for item in filter(None, rest.split(",")):
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise ValueError(f"model spec {text!r}: expected key=value, got {item!r}")
+        over[k.strip()] = _value(v.strip())
+    return ModelSpec(name.strip(), over)
+
+
+def conditions(kinds=tuple(SEVERITIES), levels=(0, 1, 2), combined: bool = True) -> dict:
+    """``{name: Corruption or None}``: clean, each kind alone at the chosen severities, and S4's
+    training corruption (``combined``)."""
+    out: dict[str, Corruption | None] = {"clean": None}
+    for kind in kinds:
+        for lv in levels:
+            v = SEVERITIES[kind][lv]
+            if kind == "noise":
+                c = Corruption(**{**_OFF, "noise_std": v})
+            elif kind == "rician":
+                c = Corruption(**{**_OFF, "rician_std": v})
+            elif kind == "dropout":
+                c = Corruption(**{**_OFF, "dropout": v})
+            elif kind == "blankout":
+                c = Corruption(
+                    **{**_OFF, "blankout_prob": 1.0}, blankout_size=(v, v + 1), blankout_where="foreground"
+                )
+            else:
+                c = Corruption(**{**_OFF, "blur_prob": 1.0}, blur_sigma=v, blur_kernel_size=None)
+            out[f"{kind}-{v}"] = c
+    if combined:
+        out["combined"] = Corruption()
+    return out
+
+
+def corrupt_all(
+    images: torch.Tensor, corruption: Corruption | None, seed: int, batch: int = 256
+) -> torch.Tensor:
+    """The corrupted test set of one condition: CPU, fixed batches, one seeded generator."""
+    if corruption is None:
+        return images.clone()
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([corruption(images[i : i + batch], generator=g) for i in range(0, len(images), batch)])
+
+
+def condition_seed(seed: int, name: str) -> int:
+    return seed * 1_000_003 + zlib.crc32(name.encode())
+
+
+def train_model(
+    spec: ModelSpec,
+    output: Path,
+    dataset_dir: str,
+    overrides: dict,
+    use_mlflow: bool,
+    tracking_uri: str | None,
+    retrain: bool = False,
+    in_place: bool = False,
+) -> dict:
+    """Train one spec with ``python -m monai.bundle run training`` (or reuse its checkpoint)."""
+    src = repo_root() / "bundles" / spec.bundle
+    if not (src / "configs" / "train.json").is_file():
+        raise FileNotFoundError(f"bundle {spec.bundle!r} not found under {src.parent}")
+    root = src if in_place else output / "bundles" / spec.label
+    info = {"label": spec.label, "bundle": spec.bundle, "root": str(root), "overrides": spec.overrides}
+    ckpt = root / "models" / "model.pt"
+    if ckpt.is_file() and not retrain:
+        return {**info, "trained": False, "seconds": 0.0}
+    if in_place:
+        raise FileNotFoundError(f"{ckpt}: no trained checkpoint to reuse")
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("models", "eval", "outputs"))
+    run_name = f"{spec.label}-train-{time.strftime('%Y%m%d-%H%M%S')}"
+    args = {"dataset_dir": dataset_dir, "use_mlflow": use_mlflow, "run_name": run_name}
+    if tracking_uri:
+        args["tracking_uri"] = tracking_uri
+    args.update(overrides)
+    args.update(spec.overrides)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file"]
+    cmd += [str(root / "configs" / "train.json"), "--bundle_root", str(root)]
+    for k, v in args.items():
+        cmd += [f"--{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
+    log = output / "logs" / f"{spec.label}-train.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as f:
+        res = subprocess.run(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
+    if res.returncode != 0 or not ckpt.is_file():
+        raise RuntimeError(f"training {spec.label} failed (exit {res.returncode}); see {log}")
+    return {**info, "trained": True, "seconds": time.time() - t0, "run_name": run_name}
+
+
+def load_network(root: str | Path, overrides: dict, device: torch.device) -> torch.nn.Module:
+    """The bundle's ``network_def`` with the spec's overrides, trained weights loaded, in eval mode."""
+    from monai.bundle import ConfigParser
+
+    from .engine import load_weights
+
+    parser = ConfigParser(ConfigParser.load_config_file(Path(root) / "configs" / "train.json"))
+    for k, v in overrides.items():
+        parser[k] = v
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    load_weights(net, Path(root) / "models" / "model.pt")
+    return net.to(device).eval()
+
+
+@torch.no_grad()
+def _predict(net: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: int = 64) -> torch.Tensor:
+    return torch.cat([net(x[i : i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
+
+
+def evaluate(
+    models: dict[str, torch.nn.Module],
+    baselines: dict,
+    images: torch.Tensor,
+    subjects: list[str],
+    slices: list[int],
+    conds: dict,
+    seed: int,
+    device: torch.device,
+    grid_index: int = 0,
+) -> tuple[pd.DataFrame, dict]:
+    """Per-slice metrics of every model and available baseline under every condition, plus the grid
+    images (``{condition: {"input": array, entry: array}}``) of slice ``grid_index``."""
+    from monai.metrics import SSIMMetric
+
+    ssim = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=11, kernel_sigma=1.5)
+    frames, grid = [], {}
+    for cname, corr in conds.items():
+        x = corrupt_all(images, corr, condition_seed(seed, cname))
+        outs = {label: _predict(net, x, device) for label, net in models.items()}
+        outs.update({n: b(x, subjects) for n, b in baselines.items() if b.available})
+        grid[cname] = {"target": images[grid_index, 0].numpy(), "input": x[grid_index, 0].numpy()}
+        for entry, pred in outs.items():
+            m = slice_metrics(pred, images, ssim)
+            df = pd.DataFrame({"entry": entry, "condition": cname, "subject": subjects, "slice": slices})
+            for k in METRICS:
+                df[k] = m[k]
+            frames.append(df)
+            grid[cname][entry] = pred[grid_index, 0].numpy()
+    return pd.concat(frames, ignore_index=True), grid
+
+
+def summarize(per_slice: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Mean, std, subject-bootstrap 95 % CI per entry, condition and metric."""
+    rows = []
+    for (entry, cond), g in per_slice.groupby(["entry", "condition"], sort=False):
+        for k in METRICS:
+            mean, lo, hi = bootstrap_ci(g[k].to_numpy(), g["subject"].tolist(), n_boot=n_boot, seed=seed)
+            rows.append(
+                {
+                    "entry": entry,
+                    "condition": cond,
+                    "metric": k,
+                    "mean": mean,
+                    "std": float(g[k].std(ddof=0)),
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n_slices": len(g),
+                    "n_subjects": g["subject"].nunique(),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def pairwise(per_slice: pd.DataFrame, metrics=("psnr", "ssim")) -> pd.DataFrame:
+    """Paired tests between all entries, per condition, metric and level (slice, subject)."""
+    out = []
+    for cond, g in per_slice.groupby("condition", sort=False):
+        for k in metrics:
+            wide = g.pivot_table(index=["subject", "slice"], columns="entry", values=k, sort=False)
+            for level, scores in (("slice", wide), ("subject", wide.groupby(level="subject").mean())):
+                t = paired_tests(scores)
+                t.insert(0, "level", level)
+                t.insert(0, "metric", k)
+                t.insert(0, "condition", cond)
+                out.append(t)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

@@ -1,0 +1,132 @@
+"""Datasets over the prepared cache for S1's volume CAE and S2's coronal-slab CAE.
+
+Both read the same ``datalist.json`` / ``cache/*.npy`` as ``mriae.data.SliceDataset`` (volumes of
+shape (X, 128, 128) in RIA orientation: axis 0 left-right, so ``vol[i]`` is sagittal; axis 2
+anterior, so ``vol[:, :, k]`` is a coronal slice) and check the cache checksums the same way.
+
+- ``VolumeDataset``: every volume of a partition, resized once at load to ``size`` (S1: 160x64x64,
+  trilinear with anti-aliasing, MONAI's ``Resize``), items ``{"image": (1, *size)}``.
+- ``CoronalSlabDataset``: S2's data: a slab of middle coronal slices per volume (default the middle
+  51, as S2's 78:129 of 207), one global min-max scaling over the training partition (S2 scaled by
+  the global min and max; pass the training set's ``intensity_range`` to validation / test), and
+  zero-padding (or centred cropping) to ``pad_to`` x ``pad_to`` (S2: 176). Slices keep the cache's
+  axis order (left-right x inferior), the same slices ``SliceInferer(spatial_dim=2)`` cuts at
+  inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Resize, ResizeWithPadOrCrop
+
+from .data import DatalistError, load_datalist
+
+__all__ = ["VolumeDataset", "CoronalSlabDataset"]
+
+
+def _records(datalist, partition: str, expect: Mapping | None, max_subjects: int | None):
+    dl = datalist if isinstance(datalist, Mapping) else load_datalist(datalist, expect=expect)
+    if partition not in ("training", "validation", "test"):
+        raise ValueError(f"partition {partition!r} must be training, validation or test")
+    recs = dl[partition][:max_subjects] if max_subjects else dl[partition]
+    if not recs:
+        raise DatalistError(f"{Path(dl['_root']) / 'datalist.json'}: partition '{partition}' is empty")
+    return dl, Path(dl["_root"]), recs
+
+
+class VolumeDataset(torch.utils.data.Dataset):
+    """Whole prepared volumes of one partition, resized to ``size``; items ``{"image", "subject", "slice"}``
+    (``slice`` is -1: the item is a volume)."""
+
+    def __init__(
+        self,
+        datalist: str | Path | Mapping,
+        partition: str = "training",
+        size: Sequence[int] = (160, 64, 64),
+        max_subjects: int | None = None,
+        expect: Mapping | None = None,
+    ) -> None:
+        dl, root, recs = _records(datalist, partition, expect, max_subjects)
+        resize = Resize(spatial_size=tuple(int(s) for s in size), mode="trilinear", anti_aliasing=True)
+        vols = []
+        for rec in recs:
+            vol = torch.from_numpy(np.asarray(np.load(root / rec["image"]), dtype=np.float32))[None]
+            vols.append(torch.as_tensor(resize(vol)).clamp_(0, 1).float())
+        self.images = torch.stack(vols)
+        self.subjects = [rec["subject"] for rec in recs]
+        self.preprocessing = dl["preprocessing"]
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "subject": self.subjects[i], "slice": -1}
+
+    def middle_slices(self) -> dict[str, int]:
+        return {}  # per-case 2D figures do not apply to volumes
+
+
+class CoronalSlabDataset(torch.utils.data.Dataset):
+    """S2's middle coronal slices, globally min-max scaled and padded to ``pad_to`` squared.
+
+    Args:
+        datalist: path of ``datalist.json`` (or the loaded dict).
+        partition: ``training``, ``validation`` or ``test``.
+        n_slices: how many middle coronal slices per volume (S2: 51); or ``slab=(start, stop)``.
+        pad_to: output side (S2: 176).
+        intensity_range: ``(min, max)`` for the global min-max; None computes it on this partition
+            (do that on the training partition and pass ``train_dataset.intensity_range`` on).
+    """
+
+    def __init__(
+        self,
+        datalist: str | Path | Mapping,
+        partition: str = "training",
+        n_slices: int = 51,
+        slab: Sequence[int] | None = None,
+        pad_to: int = 176,
+        intensity_range: Sequence[float] | None = None,
+        max_subjects: int | None = None,
+        expect: Mapping | None = None,
+    ) -> None:
+        dl, root, recs = _records(datalist, partition, expect, max_subjects)
+        pad = ResizeWithPadOrCrop(spatial_size=(pad_to, pad_to), mode="constant")
+        images, index = [], []
+        for rec in recs:
+            vol = np.load(root / rec["image"], mmap_mode="r")
+            depth = vol.shape[2]
+            if slab is not None:
+                start, stop = int(slab[0]), int(slab[1])
+            else:
+                start = max(0, depth // 2 - n_slices // 2)
+                stop = min(depth, start + n_slices)
+            ks = list(range(start, stop))
+            sl = torch.from_numpy(np.asarray(vol[:, :, start:stop], dtype=np.float32)).permute(2, 0, 1)
+            images.append(torch.as_tensor(pad(sl)))  # (K, pad_to, pad_to)
+            index.extend((rec["subject"], k) for k in ks)
+        imgs = torch.cat(images)[:, None]
+        if intensity_range is None:
+            intensity_range = (float(imgs.min()), float(imgs.max()))
+        lo, hi = (float(v) for v in intensity_range)
+        self.intensity_range = (lo, hi)
+        # the zero padding stays zero only when lo == 0 (true for prepared data, scaled to [0, 1])
+        self.images = ((imgs - lo) / max(hi - lo, 1e-8)).clamp_(0, 1)
+        self.index = index
+        self.preprocessing = dl["preprocessing"]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        sid, k = self.index[i]
+        return {"image": self.images[i], "subject": sid, "slice": k}
+
+    def middle_slices(self) -> dict[str, int]:
+        out: dict[str, list[int]] = {}
+        for sid, k in self.index:
+            out.setdefault(sid, []).append(k)
+        return {s: sorted(v)[len(v) // 2] for s, v in out.items()}
