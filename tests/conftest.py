@@ -12,6 +12,18 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_uri(monkeypatch):
+    """``mlflow.set_tracking_uri`` (sweep, compare) also sets MLFLOW_TRACKING_URI, which MONAI's
+    handler prefers over its ``tracking_uri`` argument; keep one test's URI out of the next."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory) -> Path:
     from mriae.cohort import build_demo_cohort
