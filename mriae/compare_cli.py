@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="bundles trained at the same time (one process each)")
     p.add_argument("--retrain", action="store_true", help="train even when a checkpoint exists")
     p.add_argument("--in-place", action="store_true", help="use bundles/<name>/models/model.pt as trained")
+    p.add_argument(
+        "--train-only", action="store_true", help="train (or reuse) the bundles, then stop (evaluate in a later run)"
+    )
     p.add_argument("--kinds", nargs="+", default=list(SEVERITIES), choices=list(SEVERITIES))
     p.add_argument("--levels", nargs="+", type=int, default=[0, 1, 2], choices=[0, 1, 2])
     p.add_argument("--baselines", nargs="+", default=["identity", "gaussian", "nlm", "bm4d"])
@@ -138,6 +141,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each training is its own process
         trained = list(pool.map(_train, specs))
+    if args.train_only:
+        for spec, info in zip(specs, trained):
+            print(f"[compare] {spec.label}: {'trained' if info['trained'] else 'reused'} {info['seconds']:.0f} s", flush=True)
+        return {"output": str(out), "trained": trained, "run_id": None}
     for spec, info in zip(specs, trained):
         print(
             f"[compare] {spec.label}: {'trained' if info['trained'] else 'reused'} {info['seconds']:.0f} s",

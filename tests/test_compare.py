@@ -130,6 +130,10 @@ def test_compare_reuses_trained_checkpoints(compared, tmp_path):
     argv[argv.index("--results-md") + 1] = "none"
     argv[argv.index("--models") + 1 : argv.index("--models") + 1 + len(MODELS)] = ["skip_cae"]
     first = pd.read_csv(compared["out"] / "per_slice.csv")
+    stamp = (compared["out"] / "per_slice.csv").stat().st_mtime_ns
+    res = main(argv + ["--no-mlflow", "--train-only"])  # training step alone: reuses, evaluates nothing
+    assert [t["trained"] for t in res["trained"]] == [False]
+    assert (compared["out"] / "per_slice.csv").stat().st_mtime_ns == stamp
     res = main(argv + ["--no-mlflow", "--baselines", "identity", "--kinds", "noise"])
     assert [t["trained"] for t in res["trained"]] == [False] and res["run_id"] is None
     per = pd.read_csv(Path(res["output"]) / "per_slice.csv")
