@@ -182,14 +182,22 @@ def describe(datalist: str | Path) -> dict:
 
 
 class DeviceBatchLoader:
-    """Batches of a ``SliceDataset`` sampled by index where the data lives: the whole slice stack sits
-    on ``device`` (float16, as cached: 46k IXI slices take 1.5 GB), each epoch draws one seeded
-    permutation there, and a batch is one gather. No worker processes, no per-sample Python, no
-    host-to-device copy in the loop: what keeps a GPU busy when a step takes a millisecond.
+    """Batches of a ``SliceDataset`` (or ``VolumeDataset``) sampled by index where the data lives: the
+    whole stack sits on ``device`` (float16, as cached: 46k IXI slices take 1.5 GB), each epoch draws
+    one seeded permutation there, and a batch is one gather. No worker processes, no per-sample
+    Python, no host-to-device copy in the loop: what keeps a GPU busy when a step takes a millisecond.
 
-    Yields ``{"image": (B, 1, S, S) float32, "subject": list, "slice": tensor}`` like a DataLoader over
-    the dataset with the same order would (the values are identical: tests check it). ``subject`` /
-    ``slice`` are only attached when ``with_ids`` (evaluation needs them; training does not).
+    Yields ``{"image": (B, 1, *spatial) float32, "subject": list, "slice": tensor}`` like a DataLoader
+    over the dataset with the same order would (the values are identical: tests check it). ``subject``
+    / ``slice`` are only attached when ``with_ids`` (evaluation needs them; training does not).
+
+    With ``corruption`` (a :class:`mriae.corruption.Corruption`) a batch is ``{"image": corrupted,
+    "label": clean}``, corrupted on the device with its own generator seeded by ``corruption_seed``
+    (None: the global RNG); ``channels_last`` lays the corrupted 2D batch out for a channels_last
+    network. ``prefetch`` > 0 produces that many batches ahead in a background thread: the gather and
+    the corruption kernels are then queued while the training thread waits in ``backward`` (which
+    releases the GIL), instead of adding their Python and launch time to every step. An error in the
+    thread is raised in the consumer.
     """
 
     def __init__(
@@ -201,6 +209,10 @@ class DeviceBatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         with_ids: bool = False,
+        corruption=None,
+        corruption_seed: int | None = None,
+        channels_last: bool = False,
+        prefetch: int = 0,
     ) -> None:
         self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), shuffle
         self.device = torch.device(device)
@@ -208,6 +220,10 @@ class DeviceBatchLoader:
         self.images = dataset.images.to(self.device, dtype=torch.float16)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._slices = torch.tensor([z for _, z in dataset.index], device=self.device)
+        self.corruption, self.channels_last, self.prefetch = corruption, bool(channels_last), int(prefetch or 0)
+        self.corruption_generator = (
+            None if corruption_seed is None else torch.Generator(device=self.device).manual_seed(int(corruption_seed))
+        )
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -220,12 +236,65 @@ class DeviceBatchLoader:
         return torch.arange(n, device=self.device)
 
     def __iter__(self):
+        if self.prefetch > 0:
+            return _prefetched(self._batches(), self.prefetch)
+        return self._batches()
+
+    def _batches(self):
         order = self.order()
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             batch = {"image": self.images.index_select(0, idx).float()}
+            if self.corruption is not None:
+                x = self.corruption(batch["image"], generator=self.corruption_generator)
+                if self.channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                batch = {"image": x, "label": batch["image"]}
             if self.with_ids:
                 ids = idx.tolist()
                 batch["subject"] = [self.dataset.index[i][0] for i in ids]
                 batch["slice"] = self._slices.index_select(0, idx)
             yield batch
+
+
+def _prefetched(source, depth: int):
+    """Iterate ``source`` in a daemon thread, ``depth`` items ahead; re-raise its error here; stop the
+    thread when the consumer stops early (an Ignite ``terminate``) or is garbage-collected."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in source:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put(e)
+
+    thread = threading.Thread(target=work, name="DeviceBatchLoader-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

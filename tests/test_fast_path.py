@@ -68,3 +68,72 @@ def test_batched_corruption_statistics_equal_per_sample_reference():
     assert abs(batched.stats["blanked"] - single.stats["blanked"]) < 0.07
     assert abs(batched.stats["noise"] - single.stats["noise"]) < 0.003
     assert np.isclose(batched.stats["blanked"], 0.2, atol=0.06)
+
+
+def test_loader_corruption_and_prefetch_change_timing_not_batches(small_prepared):
+    """The training loader corrupts on the device with its own seeded generator; producing the
+    batches ahead in a thread (prefetch) yields exactly the same batches, in the same order."""
+    ds = SliceDataset(small_prepared, "training", max_slices_per_subject=6)
+    kw = dict(batch_size=8, shuffle=True, seed=5, corruption=Corruption(), corruption_seed=9)
+    plain = list(DeviceBatchLoader(ds, **kw))
+    ahead = DeviceBatchLoader(ds, prefetch=2, **kw)
+    threaded = list(ahead)
+    assert len(plain) == len(threaded) == len(ahead)
+    for a, b in zip(plain, threaded):
+        assert set(a) == {"image", "label"}
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+        assert not torch.equal(a["image"], a["label"])  # the input is corrupted, the target clean
+    clean = torch.cat([b["label"] for b in plain])
+    assert sorted(clean.flatten(1).sum(1).tolist()) == sorted(ds.images.float().flatten(1).sum(1).tolist())
+    # the next epoch continues both streams: new order and new corruption, still identical
+    fresh = DeviceBatchLoader(ds, **kw)
+    list(fresh)
+    e2_plain, e2_ahead = next(iter(fresh)), next(iter(ahead))
+    assert torch.equal(e2_plain["image"], e2_ahead["image"]) and not torch.equal(e2_plain["image"], plain[0]["image"])
+    # an early stop (Ignite terminate) ends the producer thread
+    import threading
+
+    it = iter(DeviceBatchLoader(ds, prefetch=1, **kw))
+    next(it)
+    it.close()
+    assert not any(t.name == "DeviceBatchLoader-prefetch" for t in threading.enumerate())
+
+
+def test_prefetch_raises_the_producer_error_in_the_consumer(small_prepared):
+    ds = SliceDataset(small_prepared, "training", max_slices_per_subject=2)
+
+    class Broken(Corruption):
+        def __call__(self, x, generator=None):
+            raise ValueError("corruption failed on purpose")
+
+    loader = DeviceBatchLoader(ds, batch_size=4, corruption=Broken(), prefetch=2)
+    try:
+        next(iter(loader))
+    except ValueError as e:
+        assert "on purpose" in str(e)
+    else:
+        raise AssertionError("the producer's error was swallowed")
+
+
+def test_fused_corruption_equals_the_reference_formulas():
+    """Corruption's fused kernels (aminmax, addcmul, where) compute the module docstring's formulas."""
+    x = torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    c = Corruption(blankout_prob=1.0, blankout_size=(5, 12), blur_prob=0.5, rician_std=(0.0, 0.03))
+    got = c(x, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)  # the same draws, in the same order, spelled out
+    b, view = 16, (16, 1, 1, 1)
+    rate = (0.05 * torch.rand(b, generator=g)).view(view)
+    out = x * (torch.rand(x.shape, generator=g) >= rate) / (1 - rate)
+    out = out + (0.04 * torch.rand(b, generator=g)).view(view) * torch.randn(x.shape, generator=g)
+    sig = (0.03 * torch.rand(b, generator=g)).view(view)
+    n1, n2 = torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g)
+    out = torch.sqrt((out + sig * n1) ** 2 + (sig * n2) ** 2)
+    out = out * ~c._blank_mask(x, g)
+    apply = (torch.rand(b, generator=g) < 0.5).view(view)
+    out = torch.where(apply, c._blur(out), out)
+    dims = (1, 2, 3)
+    lo, hi = out.amin(dims, keepdim=True), out.amax(dims, keepdim=True)
+    cmin, cmax = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+    ref = (out - lo) / (hi - lo) * (cmax - cmin) + cmin
+    assert (got - ref).abs().max() < 2e-6, float((got - ref).abs().max())
+    assert not torch.allclose(got, x, atol=1e-2)
