@@ -33,7 +33,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-TRAIN = REPO / "bundles" / "res_unet" / "configs" / "train.json"
 INFER = REPO / "bundles" / "res_unet" / "configs" / "inference.json"
 
 
@@ -51,14 +50,16 @@ def bundle_parser(args, **overrides):
     from monai.bundle import ConfigParser
 
     p = ConfigParser()
-    p.read_config(str(TRAIN))
-    p["bundle_root"] = str(REPO / "bundles" / "res_unet")
+    p.read_config(str(REPO / "bundles" / args.bundle / "configs" / "train.json"))
+    p["bundle_root"] = str(REPO / "bundles" / args.bundle)
     p["dataset_dir"] = args.dataset_dir
     p["use_mlflow"] = False
     p["batch_size"] = args.batch_size
-    p["amp"] = args.amp
-    p["channels_last"] = args.channels_last
-    p["compile"] = args.compile
+    for key in ("amp", "channels_last", "compile", "prefetch"):  # the bundle's speed options, where it has them
+        if key in p.config:
+            p[key] = getattr(args, key)
+        elif getattr(args, key):
+            raise SystemExit(f"bundle {args.bundle} has no '{key}' option")
     p["train#trainer#decollate"] = False
     p["train#handlers"] = ["@train#history"]  # no validation, progress bar or tracking inside the timing
     p["output_dir"] = tempfile.mkdtemp()
@@ -97,29 +98,37 @@ def build_ours(args):
     ds = trainer.data_loader.dataset
     if args.repeat > 1:  # tile the demo slices to an IXI-sized epoch (46k slices)
         loader = trainer.data_loader
-        loader.images = loader.images.repeat(args.repeat, 1, 1, 1)
+        loader.images = loader.images.repeat(args.repeat, *[1] * (loader.images.ndim - 1))
         loader.dataset = type("Tiled", (), {"__len__": lambda s, n=len(ds) * args.repeat: n})()
     return trainer, device, p
 
 
-def bench_pure(args, net, device) -> float:
-    opt = torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
-    loss_fn = torch.nn.MSELoss()
-    b = args.batch_size
-    x = torch.rand(b, 1, 128, 128, device=device)
-    if args.channels_last:
+def pure_step(args):
+    """One training step of the bundle's own network, optimiser, loss and inferer (autocast when the
+    bundle's ``amp`` is on) on a fixed batch already on the device, shaped like the real batches."""
+    p = bundle_parser(args)
+    device = p.get_parsed_content("device")
+    net, opt, loss_fn, inferer = (
+        p.get_parsed_content(k) for k in ("network", "optimizer", "loss", "train#inferer")
+    )
+    shape = next(iter(p.get_parsed_content("train#dataloader")))["image"].shape
+    x = torch.rand(shape, device=device)
+    if args.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.rand(b, 1, 128, 128, device=device)
+    y = torch.rand(shape, device=device)
     step_net = torch.compile(net) if args.compile else net
+    net.train()
 
-    def step():  # bf16 needs no loss scaling
+    def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            pred = step_net(x)
-        loss = loss_fn(pred.float(), y)
-        loss.backward()
+        loss_fn(inferer(x, step_net), y).backward()
         opt.step()
 
+    return step, device, shape[0]
+
+
+def bench_pure(args) -> tuple[float, list[float]]:
+    step, device, b = pure_step(args)
     for _ in range(args.warmup):
         step()
 
@@ -151,12 +160,8 @@ def standard_pipeline(args, device):
     )
 
     from mriae.data import SliceDataset, ensure_datalist
-    from mriae.networks import ResUNetAE
 
     ds = SliceDataset(ensure_datalist(args.dataset_dir), "training")
-    vols = {}
-    for sid, z in ds.index:
-        vols.setdefault(sid, None)
     cache = {r["subject"]: np.load(Path(ensure_datalist(args.dataset_dir)).parent / r["image"]) for r in ds.records}
     items = [{"subject": s, "slice": z} for s, z in ds.index] * args.repeat
 
@@ -176,11 +181,11 @@ def standard_pipeline(args, device):
     ])
     loader = DataLoader(Dataset(items, transform), batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                         pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True)
-    net = ResUNetAE().to(device)
+    p = bundle_parser(args)  # the same network, optimiser, loss and autocast inferer as ours
     trainer = SupervisedTrainer(
-        device=device, max_epochs=1, train_data_loader=loader, network=net,
-        optimizer=torch.optim.RMSprop(net.parameters(), lr=1e-3, alpha=0.9, eps=1e-7), loss_function=torch.nn.MSELoss(),
-        amp=args.amp, amp_kwargs={"dtype": torch.bfloat16}, decollate=False,
+        device=device, max_epochs=1, train_data_loader=loader, network=p.get_parsed_content("network"),
+        optimizer=p.get_parsed_content("optimizer"), loss_function=p.get_parsed_content("loss"),
+        inferer=p.get_parsed_content("train#inferer"), decollate=False, optim_set_to_none=True,
     )
     return trainer
 
@@ -285,10 +290,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmark.json")
     ap.add_argument("--only", default="pure,ours,standard,infer,prepare")
     ap.add_argument("--dataset-dir", default=str(REPO / "data" / "demo"))
+    ap.add_argument("--bundle", default="res_unet", help="bundle whose training path is measured (res_unet, cae_3d, ...)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--prefetch", type=int, default=0, help="batches the loader prepares ahead in a thread")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--iters-standard", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=20)
@@ -300,6 +307,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", help="write a torch.profiler table of the 'ours' loop to this file")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
+    if args.bundle != "res_unet" and only & {"standard", "infer"}:
+        raise SystemExit("--only standard / infer measure res_unet; use --only pure,ours with --bundle " + args.bundle)
     from mriae.data import ensure_datalist
     from mriae.engine import seed_everything
 
@@ -307,15 +316,12 @@ def main(argv=None) -> int:
     ensure_datalist(args.dataset_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-                 "torch": torch.__version__, "batch_size": args.batch_size, "amp_bf16": args.amp,
-                 "channels_last": args.channels_last, "compile": args.compile}
+                 "torch": torch.__version__, "bundle": args.bundle,
+                 "unit": "volumes" if args.bundle.endswith("3d") else "slices", "batch_size": args.batch_size, "amp_bf16": args.amp,
+                 "channels_last": args.channels_last, "compile": args.compile,
+                 "prefetch": args.prefetch}
     if "pure" in only:
-        from mriae.networks import ResUNetAE
-
-        net = ResUNetAE().to(device)
-        if args.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        res["pure_slices_per_s"], res["pure_runs"] = bench_pure(args, net, device)
+        res["pure_slices_per_s"], res["pure_runs"] = bench_pure(args)
     if "ours" in only:
         res["ours_slices_per_s"], res["ours_runs"] = bench_ours(args)
     if "standard" in only:
@@ -331,15 +337,27 @@ def main(argv=None) -> int:
             res["infer"]["cpu"] = bench_infer(args, torch.device("cpu"), threads=args.cpu_threads_infer)
     if "prepare" in only:
         res["prepare"] = bench_prepare(args)
-    if args.profile:
+    if args.profile:  # what the GPU (or CPU) does in the pure step and in ours, same iterations
         from torch.profiler import ProfilerActivity, profile
 
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        step, _, _ = pure_step(args)
+        for _ in range(10):
+            step()
+        sync(device)
+        with profile(activities=acts) as prof_pure:
+            for _ in range(30):
+                step()
+            sync(device)
         trainer, dev, _ = build_ours(args)
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with profile(activities=acts) as prof:
-            time_trainer(trainer, dev, 30, 10)
-        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
-        Path(args.profile).write_text(prof.key_averages().table(sort_by=key, row_limit=30))
+        with profile(activities=acts) as prof_ours:
+            time_trainer(trainer, dev, 30, 10)  # 40 iterations, the first 10 are warm-up
+        Path(args.profile).write_text(
+            "# pure step, 30 iterations\n" + prof_pure.key_averages().table(sort_by=key, row_limit=40)
+            + "\n\n# ours (bundle trainer), 40 iterations (10 warm-up)\n"
+            + prof_ours.key_averages().table(sort_by=key, row_limit=40)
+        )
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     return 0
