@@ -101,7 +101,29 @@ def load_datalist(path: str | Path, verify: bool = True, expect: Mapping | None 
     return dl
 
 
-class SliceDataset(torch.utils.data.Dataset):
+class IndexedSlices(torch.utils.data.Dataset):
+    """Slices held as one ``images`` tensor ``(N, 1, ...)`` with ``index[i] = (subject, slice)``:
+    items ``{"image", "subject", "slice"}``, and each subject's middle slice for figures."""
+
+    images: torch.Tensor
+    index: list[tuple[str, int]]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        sid, z = self.index[i]
+        return {"image": self.images[i], "subject": sid, "slice": z}
+
+    def middle_slices(self) -> dict[str, int]:
+        """For each subject, the middle one of its slices (used for per-case figures)."""
+        out: dict[str, list[int]] = {}
+        for sid, z in self.index:
+            out.setdefault(sid, []).append(z)
+        return {s: sorted(v)[len(v) // 2] for s, v in out.items()}
+
+
+class SliceDataset(IndexedSlices):
     """All relevant 2D slices of one partition, held in memory as one (N, 1, S, S) float32 tensor.
 
     Items are dicts ``{"image": (1, S, S), "subject": str, "slice": int}``. ``max_slices_per_subject``
@@ -143,19 +165,6 @@ class SliceDataset(torch.utils.data.Dataset):
         self.records = records
         self.preprocessing = dl["preprocessing"]
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:
-        sid, z = self.index[i]
-        return {"image": self.images[i], "subject": sid, "slice": z}
-
-    def middle_slices(self) -> dict[str, int]:
-        """For each subject, the middle one of its slices (used for per-case figures)."""
-        out: dict[str, list[int]] = {}
-        for sid, z in self.index:
-            out.setdefault(sid, []).append(z)
-        return {s: sorted(v)[len(v) // 2] for s, v in out.items()}
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from monai.transforms import Resize, ResizeWithPadOrCrop
 
-from .data import DatalistError, load_datalist
+from .data import DatalistError, IndexedSlices, load_datalist
 
 __all__ = ["VolumeDataset", "CoronalSlabDataset"]
 
@@ -71,7 +71,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         return {}  # per-case 2D figures do not apply to volumes
 
 
-class CoronalSlabDataset(torch.utils.data.Dataset):
+class CoronalSlabDataset(IndexedSlices):
     """S2's middle coronal slices, globally min-max scaled and padded to ``pad_to`` squared.
 
     Args:
@@ -119,15 +119,3 @@ class CoronalSlabDataset(torch.utils.data.Dataset):
         self.index = index
         self.preprocessing = dl["preprocessing"]
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> dict:
-        sid, k = self.index[i]
-        return {"image": self.images[i], "subject": sid, "slice": k}
-
-    def middle_slices(self) -> dict[str, int]:
-        out: dict[str, list[int]] = {}
-        for sid, k in self.index:
-            out.setdefault(sid, []).append(k)
-        return {s: sorted(v)[len(v) // 2] for s, v in out.items()}
