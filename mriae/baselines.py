@@ -142,6 +142,8 @@ class BM4D(Baseline):
 
         a = x[:, 0].cpu().numpy().astype(np.float64)
         out = np.empty_like(a)
+        # one subject at a time: the library threads internally and aborts (a C++ assertion in its
+        # global thread pool) when called from two Python threads at once
         for ix in self._by_subject(subjects).values():
             vol = a[ix]
             sigma = estimate_noise_sigma(vol)
