@@ -33,10 +33,13 @@ import torch
 
 from . import repo_root
 from .corruption import Corruption
+from .errors import InputError
 from .evaluation import METRICS, slice_metrics
 from .stats import bootstrap_ci, paired_tests
 
-__all__ = ["ModelSpec", "parse_spec", "conditions", "corrupt_all", "train_model", "load_network", "evaluate"]
+__all__ = [
+    "ModelSpec", "parse_spec", "conditions", "corrupt_all", "train_model", "load_network", "AtTrainingGeometry", "evaluate",
+]
 
 S4_MODELS = ["res_unet", "shallow_res_ae", "shallow_res_ae:block=original", "skip_cae", "myronenko_ae"]
 SEVERITIES = {
@@ -167,8 +170,36 @@ def train_model(
     return {**info, "trained": True, "seconds": time.time() - t0, "run_name": run_name}
 
 
-def load_network(root: str | Path, overrides: dict, device: torch.device) -> torch.nn.Module:
-    """The bundle's ``network_def`` with the spec's overrides, trained weights loaded, in eval mode."""
+class AtTrainingGeometry(torch.nn.Module):
+    """Run a 2D network trained on other slice geometry on the compare's test slices and return the
+    output on the test grid: ``resize`` to the size its training slices were resized to (S1's
+    64x64 CAE), or zero-``pad`` to the side its slices were padded to (S2's 176x176 CAE), then back.
+    The comparison stays on the test grid, so every entry is scored on the same pixels."""
+
+    def __init__(self, net: torch.nn.Module, side: int, how: str) -> None:
+        super().__init__()
+        if how not in ("resize", "pad"):
+            raise ValueError(f"how={how!r}: 'resize' or 'pad'")
+        self.net, self.side, self.how = net, int(side), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        h, w = x.shape[-2:]
+        if self.how == "resize":
+            y = self.net(F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True))
+            return F.interpolate(y.float(), size=(h, w), mode="bilinear", antialias=True)
+        top, left = (self.side - h) // 2, (self.side - w) // 2
+        y = self.net(F.pad(x, (left, self.side - w - left, top, self.side - h - top)))
+        return y[..., top : top + h, left : left + w]
+
+
+def load_network(root: str | Path, overrides: dict, device: torch.device, test_side: int | None = None) -> torch.nn.Module:
+    """The bundle's ``network_def`` with the spec's overrides, trained weights loaded, in eval mode.
+
+    With ``test_side`` (the compare's slice side), a 2D bundle whose training slices were resized
+    (dataset ``size``) or padded (dataset ``pad_to``) to another side is wrapped in
+    :class:`AtTrainingGeometry`; a 3D bundle cannot take 2D test slices and is refused."""
     from monai.bundle import ConfigParser
 
     from .engine import load_weights
@@ -178,7 +209,18 @@ def load_network(root: str | Path, overrides: dict, device: torch.device) -> tor
         parser[k] = v
     net = parser.get_parsed_content("network_def", instantiate=True)
     load_weights(net, Path(root) / "models" / "model.pt")
-    return net.to(device).eval()
+    net = net.to(device).eval()
+    if test_side is None:
+        return net
+    if int(parser.get_parsed_content("spatial_dims", default=2)) != 2:
+        raise InputError(f"{root}: a 3D bundle cannot be scored on the compare's 2D test slices")
+    ds = parser.get("train#dataset", {})
+    for key, how in (("size", "resize"), ("pad_to", "pad")):
+        if key in ds:
+            side = parser.get_parsed_content(f"train#dataset#{key}")
+            if side is not None and int(side) != int(test_side):
+                return AtTrainingGeometry(net, int(side), how).eval()
+    return net
 
 
 @torch.no_grad()

@@ -145,12 +145,14 @@ def main(argv: list[str] | None = None) -> dict:
         for spec, info in zip(specs, trained):
             print(f"[compare] {spec.label}: {'trained' if info['trained'] else 'reused'} {info['seconds']:.0f} s", flush=True)
         return {"output": str(out), "trained": trained, "run_id": None}
+    ds = SliceDataset(datalist, "test", max_slices_per_subject=args.test_max_slices_per_subject)
+    test_side = int(ds.images.shape[-1])
     for spec, info in zip(specs, trained):
         print(
             f"[compare] {spec.label}: {'trained' if info['trained'] else 'reused'} {info['seconds']:.0f} s",
             flush=True,
         )
-        net = load_network(info["root"], spec.overrides, device)
+        net = load_network(info["root"], spec.overrides, device, test_side=test_side)
         nets[spec.label] = net
         entries[spec.label] = {
             **_entry_info(spec, Path(info["root"]), net, cli_over),
@@ -161,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict:
     baselines = make_baselines(args.baselines, nlm_mode=args.nlm_mode)
     for n, b in baselines.items():
         entries[n] = {"kind": "baseline", "note": b.note}
-    ds = SliceDataset(datalist, "test", max_slices_per_subject=args.test_max_slices_per_subject)
     subjects = [s for s, _ in ds.index]
     grid_i = next(i for i, (s, z) in enumerate(ds.index) if z == ds.middle_slices()[subjects[0]])
     conds = conditions(args.kinds, args.levels)

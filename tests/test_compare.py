@@ -141,3 +141,44 @@ def test_compare_reuses_trained_checkpoints(compared, tmp_path):
     a = per[per.condition == "noise-0.03"].set_index(key).psnr
     b = first.set_index(key).psnr.reindex(a.index)
     np.testing.assert_allclose(a, b, rtol=1e-5)  # same weights, same corrupted slices, same numbers
+
+
+def test_s1_s3_bundles_join_the_compare_on_the_test_grid(small_prepared, tmp_path):
+    """cae_2d (trained on slices resized to 64) and conv_ae (slices padded to 176) are scored on the
+    compare's own test slices: their input is brought to the training geometry and the output back."""
+    from monai.bundle import ConfigParser
+
+    from mriae.compare import AtTrainingGeometry, conditions, evaluate, load_network
+    from mriae.data import SliceDataset
+    from mriae.errors import InputError
+
+    ds = SliceDataset(small_prepared, "test", max_slices_per_subject=2)
+    side = int(ds.images.shape[-1])
+    nets, seen = {}, {}
+    for name, how, train_side in (("cae_2d", "resize", 64), ("conv_ae", "pad", 176), ("ae_2d", None, side)):
+        root = tmp_path / name
+        shutil.copytree(REPO / "bundles" / name / "configs", root / "configs")
+        parser = ConfigParser(ConfigParser.load_config_file(root / "configs" / "train.json"))
+        torch.manual_seed(0)
+        (root / "models").mkdir()
+        torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+        net = load_network(root, {}, torch.device("cpu"), test_side=side)
+        inner = net.net if isinstance(net, AtTrainingGeometry) else net
+        assert (net.how if isinstance(net, AtTrainingGeometry) else None) == how
+        inner.register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, tuple(i[0].shape[-2:])))
+        nets[name] = net
+    per, _ = evaluate(nets, {}, ds.images, [s for s, _ in ds.index], [z for _, z in ds.index],
+                      {"clean": conditions()["clean"]}, 0, torch.device("cpu"))  # fmt: skip
+    assert seen == {"cae_2d": (64, 64), "conv_ae": (176, 176), "ae_2d": (side, side)}
+    assert set(per.entry) == set(nets) and len(per) == 3 * len(ds) and np.isfinite(per.psnr).all()
+    # padding is exact: a network that returns its input gives the test slice back unchanged
+    x = ds.images[:2].float()
+    assert torch.equal(AtTrainingGeometry(torch.nn.Identity(), 176, "pad")(x), x)
+    assert (AtTrainingGeometry(torch.nn.Identity(), 64, "resize")(x) - x).abs().mean() < 0.02
+    root = tmp_path / "cae_3d"
+    shutil.copytree(REPO / "bundles" / "cae_3d" / "configs", root / "configs")
+    parser = ConfigParser(ConfigParser.load_config_file(root / "configs" / "train.json"))
+    (root / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    with pytest.raises(InputError, match="3D bundle"):
+        load_network(root, {}, torch.device("cpu"), test_side=side)
