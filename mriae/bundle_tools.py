@@ -83,7 +83,7 @@ class BundleHandle:
 
 def log_artifacts(paths: Sequence[Path], experiment: str, run_name: str, params: Mapping,
                   tracking_uri: str | None = None) -> str | None:
-    """Log files to a new MLflow run; returns its id (None without MLflow)."""
+    """Log files to a new MLflow run, say so, and return its id (None without MLflow)."""
     try:
         import mlflow
     except ImportError:
@@ -96,4 +96,5 @@ def log_artifacts(paths: Sequence[Path], experiment: str, run_name: str, params:
         mlflow.log_params(flatten(params))
         for p in paths:
             mlflow.log_artifact(str(p))
-        return run.info.run_id
+    print(f"logged to MLflow run {run.info.run_id}")
+    return run.info.run_id

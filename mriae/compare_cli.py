@@ -141,17 +141,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each training is its own process
         trained = list(pool.map(_train, specs))
+    for spec, info in zip(specs, trained):
+        print(f"[compare] {spec.label}: {'trained' if info['trained'] else 'reused'} {info['seconds']:.0f} s", flush=True)
     if args.train_only:
-        for spec, info in zip(specs, trained):
-            print(f"[compare] {spec.label}: {'trained' if info['trained'] else 'reused'} {info['seconds']:.0f} s", flush=True)
         return {"output": str(out), "trained": trained, "run_id": None}
     ds = SliceDataset(datalist, "test", max_slices_per_subject=args.test_max_slices_per_subject)
     test_side = int(ds.images.shape[-1])
     for spec, info in zip(specs, trained):
-        print(
-            f"[compare] {spec.label}: {'trained' if info['trained'] else 'reused'} {info['seconds']:.0f} s",
-            flush=True,
-        )
         net = load_network(info["root"], spec.overrides, device, test_side=test_side)
         nets[spec.label] = net
         entries[spec.label] = {

@@ -268,7 +268,8 @@ class DeviceBatchLoader:
 
 def _prefetched(source, depth: int):
     """Iterate ``source`` in a daemon thread, ``depth`` items ahead; re-raise its error here; stop the
-    thread when the consumer stops early (an Ignite ``terminate``) or is garbage-collected."""
+    thread when the consumer stops early (an Ignite ``terminate``) or is garbage-collected.
+    (MONAI's ``ThreadBuffer`` does the same but ends the iteration silently when the producer raises.)"""
     import queue
     import threading
 

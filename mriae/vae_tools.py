@@ -113,10 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     np.save(npy, imgs.numpy())
     print(f"wrote {fig} and {npy} {tuple(imgs.shape)}")
     if not a.no_mlflow:
-        rid = log_artifacts([fig, npy], h.name, f"{h.name}-{a.cmd}", {**params, "checkpoint": str(h.ckpt)},
-                            a.tracking_uri)
-        if rid:
-            print(f"logged to MLflow run {rid}")
+        log_artifacts([fig, npy], h.name, f"{h.name}-{a.cmd}", {**params, "checkpoint": str(h.ckpt)}, a.tracking_uri)
     return 0
 
 

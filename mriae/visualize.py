@@ -108,11 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n, m in maps:
         print(f"  {n:<12} {tuple(m.shape)}")
     if not a.no_mlflow:
-        rid = log_artifacts([fig, npz], h.name, f"{h.name}-visualize-{stem}",
-                            {"subject": item["subject"], "slice": int(item["slice"]), "checkpoint": str(h.ckpt)},
-                            a.tracking_uri)
-        if rid:
-            print(f"logged to MLflow run {rid}")
+        log_artifacts([fig, npz], h.name, f"{h.name}-visualize-{stem}",
+                      {"subject": item["subject"], "slice": int(item["slice"]), "checkpoint": str(h.ckpt)},
+                      a.tracking_uri)
     return 0
 
 

@@ -177,8 +177,9 @@ def standard_pipeline(args, device):
 
     from mriae.data import SliceDataset, ensure_datalist
 
-    ds = SliceDataset(ensure_datalist(args.dataset_dir), "training")
-    cache = {r["subject"]: np.load(Path(ensure_datalist(args.dataset_dir)).parent / r["image"]) for r in ds.records}
+    datalist = ensure_datalist(args.dataset_dir)
+    ds = SliceDataset(datalist, "training")
+    cache = {r["subject"]: np.load(Path(datalist).parent / r["image"]) for r in ds.records}
     items = [{"subject": s, "slice": z} for s, z in ds.index] * args.repeat
 
     def pixel_dropout(x):

@@ -165,6 +165,7 @@ def test_s1_s3_bundles_join_the_compare_on_the_test_grid(small_prepared, tmp_pat
         net = load_network(root, {}, torch.device("cpu"), test_side=side)
         inner = net.net if isinstance(net, AtTrainingGeometry) else net
         assert (net.how if isinstance(net, AtTrainingGeometry) else None) == how
+        assert (net.side if isinstance(net, AtTrainingGeometry) else side) == train_side
         inner.register_forward_hook(lambda m, i, o, n=name: seen.__setitem__(n, tuple(i[0].shape[-2:])))
         nets[name] = net
     per, _ = evaluate(nets, {}, ds.images, [s for s, _ in ds.index], [z for _, z in ds.index],
