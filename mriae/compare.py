@@ -38,7 +38,7 @@ from .evaluation import METRICS, slice_metrics
 from .stats import bootstrap_ci, paired_tests
 
 __all__ = [
-    "ModelSpec", "parse_spec", "conditions", "corrupt_all", "train_model", "load_network", "AtTrainingGeometry", "evaluate",
+    "ModelSpec", "parse_spec", "conditions", "corrupt_all", "train_model", "load_network", "AtTrainingGeometry", "OnWholeVolumes", "evaluate",
 ]
 
 S4_MODELS = ["res_unet", "shallow_res_ae", "shallow_res_ae:block=original", "skip_cae", "myronenko_ae"]
@@ -194,12 +194,68 @@ class AtTrainingGeometry(torch.nn.Module):
         return y[..., top : top + h, left : left + w]
 
 
-def load_network(root: str | Path, overrides: dict, device: torch.device, test_side: int | None = None) -> torch.nn.Module:
+class OnWholeVolumes(torch.nn.Module):
+    """Score a 3D bundle trained on whole volumes resized to ``size`` (S1's volume CAE) on the compare's
+    2D test slices, so it joins the same leaderboard on the same pixels.
+
+    Per test subject, its prepared volume (the cache the test slices were cut from) is rebuilt with
+    the test slices replaced by the corrupted slices every 2D entry gets, and its other slices (those
+    the relevance filter left out of the test set) corrupted by the same condition with a generator of
+    their own; that volume is resized to ``size`` as the bundle's ``VolumeDataset`` resizes training
+    volumes (trilinear, anti-aliased), reconstructed, resized back to the prepared grid, and the
+    rows of the test slices are the prediction. Call it as ``wrapper.predict(x, subjects, slices,
+    corruption, seed, device)``; ``x`` holds the corrupted test slices in the test set's order."""
+
+    def __init__(self, net: torch.nn.Module, size, test_set) -> None:
+        super().__init__()
+        import numpy as np
+
+        self.net, self.size = net, tuple(int(s) for s in size)
+        self.volumes = {
+            rec["subject"]: torch.from_numpy(np.asarray(np.load(Path(test_set.root) / rec["image"]), dtype=np.float32))
+            for rec in test_set.records
+        }
+        side = tuple(test_set.images.shape[-2:])
+        for sid, vol in self.volumes.items():
+            if tuple(vol.shape[1:]) != side:
+                raise InputError(f"{sid}: prepared volume {tuple(vol.shape)} does not hold {side} test slices")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise TypeError("OnWholeVolumes needs the subjects and slices of its input: call predict()")
+
+    @torch.no_grad()
+    def predict(self, x, subjects, slices, corruption, seed: int, device: torch.device) -> torch.Tensor:
+        from monai.transforms import Resize
+
+        down = Resize(spatial_size=self.size, mode="trilinear", anti_aliasing=True)
+        out = torch.empty_like(x, dtype=torch.float32)
+        rows: dict[str, list[int]] = {}
+        for i, s in enumerate(subjects):
+            rows.setdefault(s, []).append(i)
+        g = torch.Generator().manual_seed(int(seed))
+        for sid in sorted(rows):  # one generator, subjects in a fixed order
+            vol = self.volumes[sid].clone()
+            r = torch.as_tensor(rows[sid])
+            z = torch.as_tensor([int(slices[i]) for i in rows[sid]])
+            rest = torch.ones(len(vol), dtype=torch.bool)
+            rest[z] = False
+            if corruption is not None and bool(rest.any()):
+                vol[rest] = corruption(vol[rest][:, None], generator=g)[:, 0]
+            vol[z] = x[r, 0].float()
+            small = torch.as_tensor(down(vol[None])).float()
+            rec = self.net(small[None].to(device)).float().cpu()[0]
+            up = Resize(spatial_size=tuple(vol.shape), mode="trilinear", anti_aliasing=True)
+            out[r, 0] = torch.as_tensor(up(rec)).float()[0, z]
+        return out
+
+
+def load_network(root: str | Path, overrides: dict, device: torch.device, test_set=None) -> torch.nn.Module:
     """The bundle's ``network_def`` with the spec's overrides, trained weights loaded, in eval mode.
 
-    With ``test_side`` (the compare's slice side), a 2D bundle whose training slices were resized
-    (dataset ``size``) or padded (dataset ``pad_to``) to another side is wrapped in
-    :class:`AtTrainingGeometry`; a 3D bundle cannot take 2D test slices and is refused."""
+    With ``test_set`` (the compare's test ``SliceDataset``), a 2D bundle whose training slices were
+    resized (dataset ``size``) or padded (dataset ``pad_to``) to another side is wrapped in
+    :class:`AtTrainingGeometry`, and a 3D bundle trained on whole volumes (``img_size`` of three
+    sides) in :class:`OnWholeVolumes`."""
     from monai.bundle import ConfigParser
 
     from .engine import load_weights
@@ -210,10 +266,14 @@ def load_network(root: str | Path, overrides: dict, device: torch.device, test_s
     net = parser.get_parsed_content("network_def", instantiate=True)
     load_weights(net, Path(root) / "models" / "model.pt")
     net = net.to(device).eval()
-    if test_side is None:
+    if test_set is None:
         return net
     if int(parser.get_parsed_content("spatial_dims", default=2)) != 2:
-        raise InputError(f"{root}: a 3D bundle cannot be scored on the compare's 2D test slices")
+        size = parser.get_parsed_content("img_size", default=None)
+        if not isinstance(size, (list, tuple)) or len(size) != 3:
+            raise InputError(f"{root}: a 3D bundle needs an 'img_size' of three sides to be scored on whole volumes")
+        return OnWholeVolumes(net, size, test_set).eval()
+    test_side = int(test_set.images.shape[-1])
     ds = parser.get("train#dataset", {})
     for key, how in (("size", "resize"), ("pad_to", "pad")):
         if key in ds:
@@ -247,7 +307,12 @@ def evaluate(
     frames, grid = [], {}
     for cname, corr in conds.items():
         x = corrupt_all(images, corr, condition_seed(seed, cname))
-        outs = {label: _predict(net, x, device) for label, net in models.items()}
+        outs = {
+            label: net.predict(x, subjects, slices, corr, condition_seed(seed, cname) + 1, device)
+            if isinstance(net, OnWholeVolumes)
+            else _predict(net, x, device)
+            for label, net in models.items()
+        }
         outs.update({n: b(x, subjects) for n, b in baselines.items() if b.available})
         grid[cname] = {"target": images[grid_index, 0].numpy(), "input": x[grid_index, 0].numpy()}
         for entry, pred in outs.items():

@@ -146,9 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.train_only:
         return {"output": str(out), "trained": trained, "run_id": None}
     ds = SliceDataset(datalist, "test", max_slices_per_subject=args.test_max_slices_per_subject)
-    test_side = int(ds.images.shape[-1])
     for spec, info in zip(specs, trained):
-        net = load_network(info["root"], spec.overrides, device, test_side=test_side)
+        net = load_network(info["root"], spec.overrides, device, test_set=ds)
         nets[spec.label] = net
         entries[spec.label] = {
             **_entry_info(spec, Path(info["root"]), net, cli_over),

@@ -162,7 +162,7 @@ class SliceDataset(IndexedSlices):
                 self.images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             ).clamp_(0, 1)
         self.index = index
-        self.records = records
+        self.records, self.root = records, root
         self.preprocessing = dl["preprocessing"]
 
 

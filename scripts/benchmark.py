@@ -69,26 +69,27 @@ def bundle_parser(args, **overrides):
 
 
 def time_trainer(trainer, device, iters: int, warmup: int) -> float:
+    """Items per second over ``iters`` iterations after ``warmup``, counting each batch's real size
+    (an epoch's last batch may be smaller)."""
     from ignite.engine import Events
 
-    marks = {}
+    marks = {"n": 0}
 
-    def start(engine):
-        if engine.state.iteration == warmup:
+    def count(engine):
+        it = engine.state.iteration
+        if it == warmup:
             sync(device)
-            marks["t0"], marks["i0"] = time.perf_counter(), engine.state.iteration
-
-    def stop(engine):
-        if engine.state.iteration >= warmup + iters:
+            marks["t0"] = time.perf_counter()
+        elif it > warmup:
+            marks["n"] += int(engine.state.batch["image"].shape[0])
+        if it >= warmup + iters:
             engine.terminate()
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, start)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, count)
     trainer.state.max_epochs = 10_000
     trainer.run()
     sync(device)
-    n = trainer.state.iteration - marks["i0"]
-    return n * trainer.data_loader.batch_size / (time.perf_counter() - marks["t0"])
+    return marks["n"] / (time.perf_counter() - marks["t0"])
 
 
 class _Tiled:
@@ -126,7 +127,7 @@ def pure_step(args):
     if args.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.rand(shape, device=device)
-    step_net = torch.compile(net) if args.compile else net
+    step_net = torch.compile(net, dynamic=False) if args.compile else net
     net.train()
 
     def step():
@@ -161,7 +162,7 @@ def bench_ours(args):
     return statistics.median(rates), rates
 
 
-def standard_pipeline(args, device):
+def standard_pipeline(args, device, workers: int):
     """A standard MONAI pipeline: per-sample dict transforms on the CPU, DataLoader with workers."""
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedTrainer
@@ -196,7 +197,7 @@ def standard_pipeline(args, device):
         RandGaussianSmoothd("image", sigma_x=(0.6, 0.6), sigma_y=(0.6, 0.6), prob=0.1),
         ScaleIntensityd("image"),
     ])
-    loader = DataLoader(Dataset(items, transform), batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+    loader = DataLoader(Dataset(items, transform), batch_size=args.batch_size, shuffle=True, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True)
     p = bundle_parser(args)  # the same network, optimiser, loss and autocast inferer as ours
     trainer = SupervisedTrainer(
@@ -207,10 +208,11 @@ def standard_pipeline(args, device):
     return trainer
 
 
-def bench_standard(args, device):
+def bench_standard(args, device, workers: int):
     rates = []
     for _ in range(args.repeats):
-        rates.append(time_trainer(standard_pipeline(args, device), device, args.iters_standard, min(args.warmup, 5)))
+        trainer = standard_pipeline(args, device, workers)
+        rates.append(time_trainer(trainer, device, args.iters_standard, min(args.warmup, 5)))
     return statistics.median(rates), rates
 
 
@@ -319,7 +321,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-infer", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=24, help="tile the demo training slices (24 -> IXI-sized epoch)")
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    ap.add_argument("--workers", default=str(min(8, os.cpu_count() or 1)),
+                    help="DataLoader workers of the standard pipeline; a comma list measures each (e.g. 2,4,8,16)")
     ap.add_argument("--cpu-threads-infer", type=int, default=2)
     ap.add_argument("--profile", help="write a torch.profiler table of the 'ours' loop to this file")
     args = ap.parse_args(argv)
@@ -342,12 +345,14 @@ def main(argv=None) -> int:
     if "ours" in only:
         res["ours_slices_per_s"], res["ours_runs"] = bench_ours(args)
     if "standard" in only:
-        res["standard_slices_per_s"], res["standard_runs"] = bench_standard(args, device)
-        res["standard_workers"] = args.workers
+        res["standard"] = {}
+        for w in (int(v) for v in str(args.workers).split(",")):
+            rate, runs = bench_standard(args, device, w)
+            res["standard"][str(w)] = {"slices_per_s": rate, "runs": runs}
+            if "ours" in only:
+                res["standard"][str(w)]["ours_over_standard"] = res["ours_slices_per_s"] / rate
     if "pure" in only and "ours" in only:
         res["ours_over_pure"] = res["ours_slices_per_s"] / res["pure_slices_per_s"]
-    if "standard" in only and "ours" in only:
-        res["ours_over_standard"] = res["ours_slices_per_s"] / res["standard_slices_per_s"]
     if "infer" in only:
         res["infer"] = {device.type: bench_infer(args, device)}
         if device.type == "cuda":

@@ -150,7 +150,6 @@ def test_s1_s3_bundles_join_the_compare_on_the_test_grid(small_prepared, tmp_pat
 
     from mriae.compare import AtTrainingGeometry, conditions, evaluate, load_network
     from mriae.data import SliceDataset
-    from mriae.errors import InputError
 
     ds = SliceDataset(small_prepared, "test", max_slices_per_subject=2)
     side = int(ds.images.shape[-1])
@@ -162,7 +161,7 @@ def test_s1_s3_bundles_join_the_compare_on_the_test_grid(small_prepared, tmp_pat
         torch.manual_seed(0)
         (root / "models").mkdir()
         torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
-        net = load_network(root, {}, torch.device("cpu"), test_side=side)
+        net = load_network(root, {}, torch.device("cpu"), test_set=ds)
         inner = net.net if isinstance(net, AtTrainingGeometry) else net
         assert (net.how if isinstance(net, AtTrainingGeometry) else None) == how
         assert (net.side if isinstance(net, AtTrainingGeometry) else side) == train_side
@@ -176,10 +175,46 @@ def test_s1_s3_bundles_join_the_compare_on_the_test_grid(small_prepared, tmp_pat
     x = ds.images[:2].float()
     assert torch.equal(AtTrainingGeometry(torch.nn.Identity(), 176, "pad")(x), x)
     assert (AtTrainingGeometry(torch.nn.Identity(), 64, "resize")(x) - x).abs().mean() < 0.02
+    # S1's volume CAE joins too: each test volume rebuilt from the corrupted test slices, resized to its
+    # training size, reconstructed and resized back; the test slices' rows are its prediction
+    from mriae.compare import OnWholeVolumes
+
     root = tmp_path / "cae_3d"
     shutil.copytree(REPO / "bundles" / "cae_3d" / "configs", root / "configs")
+    small = {"img_size": [32, 16, 16], "latent_size": 16}
     parser = ConfigParser(ConfigParser.load_config_file(root / "configs" / "train.json"))
+    for k, v in small.items():
+        parser[k] = v
     (root / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
-    with pytest.raises(InputError, match="3D bundle"):
-        load_network(root, {}, torch.device("cpu"), test_side=side)
+    net3 = load_network(root, small, torch.device("cpu"), test_set=ds)
+    assert isinstance(net3, OnWholeVolumes) and net3.size == (32, 16, 16)
+    shapes = []
+    net3.net.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
+    conds = {k: conditions()[k] for k in ("clean", "noise-0.03")}
+    subjects, slices = [s for s, _ in ds.index], [z for _, z in ds.index]
+    per3, _ = evaluate({"cae_3d": net3}, {}, ds.images, subjects, slices, conds, 0, torch.device("cpu"))
+    n_subj = len(set(subjects))
+    assert shapes == [(1, 1, 32, 16, 16)] * (2 * n_subj)  # one whole volume per subject and condition
+    assert len(per3) == 2 * len(ds) and np.isfinite(per3.psnr).all()
+    # the geometry is exact: an identity network at the prepared grid gives back the corrupted test
+    # slices themselves, each in its own row, and the left-out slices are corrupted reproducibly
+    sid0 = ds.index[0][0]
+    rows = [i for i, (s, _) in enumerate(ds.index) if s == sid0]  # one subject: one volume shape
+    sub_s, sub_z = [subjects[i] for i in rows], [slices[i] for i in rows]
+    clean = net3.volumes[sid0]
+    ident = OnWholeVolumes(torch.nn.Identity(), tuple(clean.shape), ds)
+    x = corrupt_all(ds.images[rows], conds["noise-0.03"], seed=3)
+    y = ident.predict(x, sub_s, sub_z, conds["noise-0.03"], 4, torch.device("cpu"))
+    torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+    seen_vols = []
+    ident.net.register_forward_pre_hook(lambda m, i: seen_vols.append(i[0].clone()))
+    for _ in range(2):
+        ident.predict(x, sub_s, sub_z, conds["noise-0.03"], 4, torch.device("cpu"))
+    left_out = torch.ones(len(clean), dtype=torch.bool)
+    left_out[sub_z] = False
+    a, b = seen_vols[0][0, 0], seen_vols[1][0, 0]
+    assert torch.equal(a, b)  # same seed, same corrupted volume
+    assert torch.equal(a[sub_z], x[:, 0])  # the test slices are the very inputs the 2D entries get
+    noise = (a[left_out] - clean[left_out]).std()
+    assert 0.02 < float(noise) < 0.04  # the left-out slices carry the condition's noise (sigma 0.03)

@@ -263,3 +263,34 @@ def test_vae_samples_from_the_prior_and_interpolates(trained, tmp_path):
     np.testing.assert_allclose(it[0], ends[0], atol=1e-5)
     np.testing.assert_allclose(it[-1], ends[1], atol=1e-5)
     assert np.abs(it[2] - it[0]).mean() > 0
+
+
+@pytest.mark.slow
+def test_latent_check_tells_a_dead_bottleneck_from_a_live_one(trained, capsys):
+    """`python -m mriae.latent_check`: S1's sigmoid code of the untrained cae_3d varies between the
+    training volumes; after training (here the tiny budget, on the GPU S1's full 500 epochs: the same,
+    docs/results_s1_s3.md) every unit sits at the sigmoid's flat top and every volume gets one
+    reconstruction."""
+    from monai.bundle import ConfigParser
+
+    from mriae.latent_check import latent_stats, main
+    from mriae.volume_data import VolumeDataset
+
+    root = trained["cae_3d"]
+    over = {k: v for k, v in TINY["cae_3d"].items() if k in ("img_size", "latent_size")}
+    sets = [x for k, v in over.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+    assert main(["--bundle", str(root), "--partition", "training", "--dataset-dir", trained["dataset_dir"], *sets]) == 0
+    dead = json.loads(capsys.readouterr().out)
+    assert dead["latent_size"] == 32 and dead["n"] >= 4 and dead["input_spread"] > 0.01
+    assert dead["latent_saturated_fraction"] == 1.0 and dead["latent_spread"] < 1e-6 and dead["output_spread"] < 1e-6
+    parser = ConfigParser(ConfigParser.load_config_file(root / "configs" / "train.json"))
+    for k, v in over.items():
+        parser[k] = v
+    torch.manual_seed(0)
+    untrained = parser.get_parsed_content("network_def").eval()
+    vols = VolumeDataset(trained["dataset_dir"] + "/datalist.json", "training", size=over["img_size"])
+    live = latent_stats(untrained, vols.images)
+    assert live["latent_saturated_fraction"] == 0.0 and abs(live["latent_mean"] - 0.5) < 0.05
+    assert live["latent_spread"] > 1e-5 > 1e-6 > dead["latent_spread"] and live["output_spread"] > dead["output_spread"]
+    assert main(["--bundle", str(root / "nowhere")]) == 2
+    assert "no trained weights" in capsys.readouterr().err
