@@ -206,7 +206,9 @@ class DeviceBatchLoader:
     network. ``prefetch`` > 0 produces that many batches ahead in a background thread: the gather and
     the corruption kernels are then queued while the training thread waits in ``backward`` (which
     releases the GIL), instead of adding their Python and launch time to every step. An error in the
-    thread is raised in the consumer.
+    thread is raised in the consumer. ``cuda_graph`` (CUDA only, with ``corruption``) captures a full
+    batch's gather, corruption and layout in one CUDA graph (:class:`_GraphedBatch`); an epoch's last,
+    smaller batch runs eagerly.
     """
 
     def __init__(
@@ -222,6 +224,7 @@ class DeviceBatchLoader:
         corruption_seed: int | None = None,
         channels_last: bool = False,
         prefetch: int = 0,
+        cuda_graph: bool = False,
     ) -> None:
         self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), shuffle
         self.device = torch.device(device)
@@ -233,6 +236,11 @@ class DeviceBatchLoader:
         self.corruption_generator = (
             None if corruption_seed is None else torch.Generator(device=self.device).manual_seed(int(corruption_seed))
         )
+        self.corruption_seed = None if corruption_seed is None else int(corruption_seed)
+        self.cuda_graph = bool(cuda_graph) and corruption is not None
+        if self.cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph needs a CUDA device, got {self.device}")
+        self._graphed = None
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -245,6 +253,8 @@ class DeviceBatchLoader:
         return torch.arange(n, device=self.device)
 
     def __iter__(self):
+        if self.cuda_graph and self._graphed is None:  # captured here, before any prefetch thread starts
+            self._graphed = _GraphedBatch(self)
         if self.prefetch > 0:
             return _prefetched(self._batches(), self.prefetch)
         return self._batches()
@@ -253,17 +263,65 @@ class DeviceBatchLoader:
         order = self.order()
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            batch = {"image": self.images.index_select(0, idx).float()}
-            if self.corruption is not None:
-                x = self.corruption(batch["image"], generator=self.corruption_generator)
+            if self._graphed is not None and len(idx) == self.batch_size:
+                x, clean = self._graphed(idx)
+                batch = {"image": x, "label": clean}
+            elif self.corruption is not None:
+                clean = self.images.index_select(0, idx).float()
+                x = self.corruption(clean, generator=self.corruption_generator)
                 if self.channels_last and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                batch = {"image": x, "label": batch["image"]}
+                batch = {"image": x, "label": clean}
+            else:
+                batch = {"image": self.images.index_select(0, idx).float()}
             if self.with_ids:
                 ids = idx.tolist()
                 batch["subject"] = [self.dataset.index[i][0] for i in ids]
                 batch["slice"] = self._slices.index_select(0, idx)
             yield batch
+
+
+class _GraphedBatch:
+    """The gather, cast, corruption and layout of one full batch captured once in a CUDA graph: a
+    batch then costs one index copy, one graph replay and two output copies instead of ~60 kernel
+    launches from Python (what holds the loader back when the training step is short or compiled;
+    docs/performance.md). The corruption's generator is registered with the graph, so replays draw
+    from it as the eager kernels would, and it is re-seeded after the capture: the batches are those
+    of the eager path (tests/test_fast_path.py checks it on a GPU)."""
+
+    def __init__(self, loader: "DeviceBatchLoader") -> None:
+        if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+            raise RuntimeError(f"cuda_graph needs torch >= 2.5 (graph-safe generators); this is {torch.__version__}")
+        self.loader = loader
+        dev, g = loader.device, loader.corruption_generator
+        self.idx = torch.zeros(loader.batch_size, dtype=torch.long, device=dev)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm-up: cuDNN / cuBLAS set-up happens outside the capture
+            for _ in range(3):
+                self._produce(g)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        torch.cuda.synchronize(dev)
+        self.graph = torch.cuda.CUDAGraph()
+        if g is not None:
+            self.graph.register_generator_state(g)
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.out = self._produce(g)
+        if g is not None:  # the warm-up and the capture drew from it: back to the loader's seed
+            g.manual_seed(loader.corruption_seed)
+
+    def _produce(self, g):
+        ld = self.loader
+        clean = ld.images.index_select(0, self.idx).float()
+        x = ld.corruption(clean, generator=g)
+        if ld.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, clean
+
+    def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.idx.copy_(idx)
+        self.graph.replay()
+        return self.out[0].clone(), self.out[1].clone()  # the graph's buffers are rewritten next batch
 
 
 def _prefetched(source, depth: int):

@@ -55,7 +55,7 @@ def bundle_parser(args, **overrides):
     p["dataset_dir"] = args.dataset_dir
     p["use_mlflow"] = False
     p["batch_size"] = args.batch_size
-    for key in ("amp", "channels_last", "compile", "prefetch"):  # the bundle's speed options, where it has them
+    for key in ("amp", "channels_last", "compile", "prefetch", "cuda_graph"):  # the bundle's speed options, where it has them
         if key in p.config:
             p[key] = getattr(args, key)
         elif getattr(args, key):
@@ -307,7 +307,8 @@ def bench_prepare(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmark.json")
-    ap.add_argument("--only", default="pure,ours,standard,infer,prepare")
+    ap.add_argument("--only", default="pure,ours,standard,infer,prepare",
+                    help="comma list of pure, ours, ours_graph (ours again with --cuda-graph toggled), standard, infer, prepare")
     ap.add_argument("--dataset-dir", default=str(REPO / "data" / "demo"))
     ap.add_argument("--bundle", default="res_unet", help="bundle whose training path is measured (res_unet, cae_3d, ...)")
     ap.add_argument("--batch-size", type=int, default=256)
@@ -315,6 +316,8 @@ def main(argv=None) -> int:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--prefetch", type=int, default=0, help="batches the loader prepares ahead in a thread")
+    ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                    help="the loader's gather + corruption as one CUDA graph (default: on with CUDA, as the bundles)")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--iters-standard", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=20)
@@ -327,6 +330,10 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", help="write a torch.profiler table of the 'ours' loop to this file")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
+    if args.cuda_graph is None:
+        args.cuda_graph = torch.cuda.is_available()
+    if (args.cuda_graph or "ours_graph" in only) and not torch.cuda.is_available():
+        raise SystemExit("--cuda-graph / --only ours_graph need a CUDA device")
     if args.bundle != "res_unet" and only & {"standard", "infer"}:
         raise SystemExit("--only standard / infer measure res_unet; use --only pure,ours with --bundle " + args.bundle)
     from mriae.data import ensure_datalist
@@ -339,11 +346,18 @@ def main(argv=None) -> int:
                  "torch": torch.__version__, "bundle": args.bundle,
                  "unit": "volumes" if args.bundle.endswith("3d") else "slices", "batch_size": args.batch_size, "amp_bf16": args.amp,
                  "channels_last": args.channels_last, "compile": args.compile,
-                 "prefetch": args.prefetch}
+                 "prefetch": args.prefetch, "cuda_graph": args.cuda_graph}
     if "pure" in only:
         res["pure_slices_per_s"], res["pure_runs"] = bench_pure(args)
     if "ours" in only:
         res["ours_slices_per_s"], res["ours_runs"] = bench_ours(args)
+    if "ours_graph" in only:  # the same, with the loader's CUDA graph toggled: both in this one process
+        import copy
+
+        other = copy.copy(args)
+        other.cuda_graph = not args.cuda_graph
+        res["ours_toggled_cuda_graph"] = other.cuda_graph
+        res["ours_toggled_slices_per_s"], res["ours_toggled_runs"] = bench_ours(other)
     if "standard" in only:
         res["standard"] = {}
         for w in (int(v) for v in str(args.workers).split(",")):
@@ -353,6 +367,8 @@ def main(argv=None) -> int:
                 res["standard"][str(w)]["ours_over_standard"] = res["ours_slices_per_s"] / rate
     if "pure" in only and "ours" in only:
         res["ours_over_pure"] = res["ours_slices_per_s"] / res["pure_slices_per_s"]
+    if "pure" in only and "ours_graph" in only:
+        res["ours_toggled_over_pure"] = res["ours_toggled_slices_per_s"] / res["pure_slices_per_s"]
     if "infer" in only:
         res["infer"] = {device.type: bench_infer(args, device)}
         if device.type == "cuda":

@@ -5,6 +5,7 @@ has the statistics of per-sample corruption."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from monai.data import DataLoader
 
@@ -97,6 +98,33 @@ def test_loader_corruption_and_prefetch_change_timing_not_batches(small_prepared
     next(it)
     it.close()
     assert not any(t.name == "DeviceBatchLoader-prefetch" for t in threading.enumerate())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+def test_cuda_graph_loader_yields_the_eager_batches(small_prepared):
+    """The loader's gather + corruption captured in a CUDA graph gives the eager loader's batches:
+    same order, same corrupted inputs (the graph draws from the registered generator), across two
+    epochs and through an epoch's last, smaller batch (eager in both)."""
+    ds = SliceDataset(small_prepared, "training", max_slices_per_subject=7)
+    kw = dict(batch_size=8, shuffle=True, seed=5, corruption=Corruption(), corruption_seed=9, device="cuda",
+              channels_last=True)
+    eager, graphed = DeviceBatchLoader(ds, **kw), DeviceBatchLoader(ds, cuda_graph=True, **kw)
+    assert len(ds) % 8 != 0  # the last batch is smaller
+    for epoch in range(2):
+        a, b = list(eager), list(graphed)
+        assert len(a) == len(b) == len(eager)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(y["label"], x["label"], rtol=0, atol=0)
+            torch.testing.assert_close(y["image"], x["image"], rtol=1e-6, atol=1e-6)
+            assert y["image"].is_contiguous(memory_format=torch.channels_last)
+    assert graphed._graphed is not None and not torch.equal(a[0]["image"], a[0]["label"])
+
+
+def test_cuda_graph_option_needs_a_cuda_device(small_prepared):
+    ds = SliceDataset(small_prepared, "training", max_slices_per_subject=1)
+    with pytest.raises(ValueError, match="CUDA device"):
+        DeviceBatchLoader(ds, cuda_graph=True, corruption=Corruption(), device="cpu")
+    assert not DeviceBatchLoader(ds, cuda_graph=True, device="cpu").cuda_graph  # nothing to capture without corruption
 
 
 def test_prefetch_raises_the_producer_error_in_the_consumer(small_prepared):
