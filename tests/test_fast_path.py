@@ -109,14 +109,16 @@ def test_cuda_graph_loader_yields_the_eager_batches(small_prepared):
     kw = dict(batch_size=8, shuffle=True, seed=5, corruption=Corruption(), corruption_seed=9, device="cuda",
               channels_last=True)
     eager, graphed = DeviceBatchLoader(ds, **kw), DeviceBatchLoader(ds, cuda_graph=True, **kw)
+    ahead = DeviceBatchLoader(ds, cuda_graph=True, prefetch=2, **kw)  # replayed from the producer thread
     assert len(ds) % 8 != 0  # the last batch is smaller
     for epoch in range(2):
-        a, b = list(eager), list(graphed)
-        assert len(a) == len(b) == len(eager)
-        for x, y in zip(a, b):
-            torch.testing.assert_close(y["label"], x["label"], rtol=0, atol=0)
-            torch.testing.assert_close(y["image"], x["image"], rtol=1e-6, atol=1e-6)
-            assert y["image"].is_contiguous(memory_format=torch.channels_last)
+        a, b, c = list(eager), list(graphed), list(ahead)
+        assert len(a) == len(b) == len(c) == len(eager)
+        for x, y, z in zip(a, b, c):
+            for other in (y, z):
+                torch.testing.assert_close(other["label"], x["label"], rtol=0, atol=0)
+                torch.testing.assert_close(other["image"], x["image"], rtol=1e-6, atol=1e-6)
+                assert other["image"].is_contiguous(memory_format=torch.channels_last)
     assert graphed._graphed is not None and not torch.equal(a[0]["image"], a[0]["label"])
 
 
