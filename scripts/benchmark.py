@@ -55,7 +55,7 @@ def bundle_parser(args, **overrides):
     p["dataset_dir"] = args.dataset_dir
     p["use_mlflow"] = False
     p["batch_size"] = args.batch_size
-    for key in ("amp", "channels_last", "compile", "prefetch", "cuda_graph"):  # the bundle's speed options, where it has them
+    for key in ("amp", "channels_last", "compile", "compile_mode", "prefetch", "cuda_graph"):  # the bundle's speed options, where it has them
         if key in p.config:
             p[key] = getattr(args, key)
         elif getattr(args, key):
@@ -127,7 +127,7 @@ def pure_step(args):
     if args.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.rand(shape, device=device)
-    step_net = torch.compile(net, dynamic=False) if args.compile else net
+    step_net = torch.compile(net, dynamic=False, mode=args.compile_mode) if args.compile else net
     net.train()
 
     def step():
@@ -315,6 +315,7 @@ def main(argv=None) -> int:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode for pure and ours, e.g. reduce-overhead")
     ap.add_argument("--prefetch", type=int, default=0, help="batches the loader prepares ahead in a thread")
     ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                     help="the loader's gather + corruption as one CUDA graph (default: on with CUDA, as the bundles)")
@@ -345,7 +346,7 @@ def main(argv=None) -> int:
     res: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
                  "torch": torch.__version__, "bundle": args.bundle,
                  "unit": "volumes" if args.bundle.endswith("3d") else "slices", "batch_size": args.batch_size, "amp_bf16": args.amp,
-                 "channels_last": args.channels_last, "compile": args.compile,
+                 "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
                  "prefetch": args.prefetch, "cuda_graph": args.cuda_graph}
     if "pure" in only:
         res["pure_slices_per_s"], res["pure_runs"] = bench_pure(args)
