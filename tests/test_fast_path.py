@@ -167,3 +167,30 @@ def test_fused_corruption_equals_the_reference_formulas():
     ref = (out - lo) / (hi - lo) * (cmax - cmin) + cmin
     assert (got - ref).abs().max() < 2e-6, float((got - ref).abs().max())
     assert not torch.allclose(got, x, atol=1e-2)
+
+
+def test_bundle_speed_options_reach_the_trainer_and_loader(small_prepared):
+    """res_unet's speed options are wired: compile with static shapes (and the chosen mode) drops the
+    epoch's short last batch so no second graph is compiled; the loader's CUDA graph follows the
+    device (off on a CPU)."""
+    from monai.bundle import ConfigParser
+
+    from conftest import REPO
+
+    def trainer_with(**over):
+        p = ConfigParser()
+        p.read_config(str(REPO / "bundles" / "res_unet" / "configs" / "train.json"))
+        p["bundle_root"] = str(REPO / "bundles" / "res_unet")
+        p["dataset_dir"], p["use_mlflow"], p["max_slices_per_subject"], p["batch_size"] = str(small_prepared.parent), False, 3, 4
+        p["device"] = "$torch.device('cpu')"
+        for k, v in over.items():
+            p[k] = v
+        return p.get_parsed_content("train#trainer"), p
+
+    plain, _ = trainer_with()
+    assert not plain.compile and not plain.data_loader.drop_last and not plain.data_loader.cuda_graph
+    fast, p = trainer_with(compile=True, compile_mode="reduce-overhead", prefetch=1)
+    assert fast.compile and fast.data_loader.drop_last and fast.data_loader.prefetch == 1
+    assert p.get_parsed_content("train#trainer#compile_kwargs") == {"dynamic": False, "mode": "reduce-overhead"}
+    n = len(fast.data_loader.dataset)
+    assert n % 4 and len(fast.data_loader) == n // 4 and len(plain.data_loader) == n // 4 + 1
