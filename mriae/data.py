@@ -236,7 +236,6 @@ class DeviceBatchLoader:
         self.corruption_generator = (
             None if corruption_seed is None else torch.Generator(device=self.device).manual_seed(int(corruption_seed))
         )
-        self.corruption_seed = None if corruption_seed is None else int(corruption_seed)
         self.cuda_graph = bool(cuda_graph) and corruption is not None
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph needs a CUDA device, got {self.device}")
@@ -267,10 +266,7 @@ class DeviceBatchLoader:
                 x, clean = self._graphed(idx)
                 batch = {"image": x, "label": clean}
             elif self.corruption is not None:
-                clean = self.images.index_select(0, idx).float()
-                x = self.corruption(clean, generator=self.corruption_generator)
-                if self.channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x, clean = self._corrupted(idx, self.corruption_generator)
                 batch = {"image": x, "label": clean}
             else:
                 batch = {"image": self.images.index_select(0, idx).float()}
@@ -279,6 +275,14 @@ class DeviceBatchLoader:
                 batch["subject"] = [self.dataset.index[i][0] for i in ids]
                 batch["slice"] = self._slices.index_select(0, idx)
             yield batch
+
+    def _corrupted(self, idx: torch.Tensor, g: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(corrupted, clean)`` for the items ``idx``: gather, cast, corruption, layout (eager or captured)."""
+        clean = self.images.index_select(0, idx).float()
+        x = self.corruption(clean, generator=g)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, clean
 
 
 class _GraphedBatch:
@@ -292,31 +296,22 @@ class _GraphedBatch:
     def __init__(self, loader: "DeviceBatchLoader") -> None:
         if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
             raise RuntimeError(f"cuda_graph needs torch >= 2.5 (graph-safe generators); this is {torch.__version__}")
-        self.loader = loader
         dev, g = loader.device, loader.corruption_generator
         self.idx = torch.zeros(loader.batch_size, dtype=torch.long, device=dev)
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):  # warm-up: cuDNN / cuBLAS set-up happens outside the capture
             for _ in range(3):
-                self._produce(g)
+                loader._corrupted(self.idx, g)
         torch.cuda.current_stream(dev).wait_stream(side)
         torch.cuda.synchronize(dev)
         self.graph = torch.cuda.CUDAGraph()
         if g is not None:
             self.graph.register_generator_state(g)
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.out = self._produce(g)
+            self.out = loader._corrupted(self.idx, g)
         if g is not None:  # the warm-up and the capture drew from it: back to the loader's seed
-            g.manual_seed(loader.corruption_seed)
-
-    def _produce(self, g):
-        ld = self.loader
-        clean = ld.images.index_select(0, self.idx).float()
-        x = ld.corruption(clean, generator=g)
-        if ld.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, clean
+            g.manual_seed(g.initial_seed())
 
     def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.idx.copy_(idx)

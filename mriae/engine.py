@@ -64,10 +64,9 @@ class CorruptedBatch:
 
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
         if isinstance(batchdata, Mapping) and "label" in batchdata:  # corrupted by the loader already
-            x, clean = (torch.as_tensor(batchdata[k]).to(device=device, non_blocking=non_blocking) for k in (self.key, "label"))
             if self.corruption is not None:
                 raise ValueError("CorruptedBatch: the batch is already corrupted (it has a 'label'); pass corruption=None")
-            return x, clean
+            return tuple(torch.as_tensor(batchdata[k]).to(device=device, non_blocking=non_blocking) for k in (self.key, "label"))
         clean = batchdata[self.key] if isinstance(batchdata, Mapping) else batchdata
         clean = torch.as_tensor(clean).to(device=device, non_blocking=non_blocking)
         x = clean if self.corruption is None else self.corruption(clean, generator=self._generator(clean.device))

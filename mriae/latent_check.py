@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, UserError
 
 __all__ = ["latent_stats", "main"]
 
@@ -57,28 +57,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="ID=JSON", help="config override")
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
-    from monai.bundle import ConfigParser
+    from .bundle_tools import BundleHandle, parse_sets
 
-    from .compare import load_network
-
-    root = Path(args.bundle)
+    over = parse_sets(args.set)
+    if args.dataset_dir:
+        over["dataset_dir"] = args.dataset_dir
     try:
-        over = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
-        if not (root / "models" / "model.pt").is_file():
-            raise InputError(f"{root / 'models' / 'model.pt'}: no trained weights")
-        net = load_network(root, over, torch.device(args.device))
-        parser = ConfigParser(ConfigParser.load_config_file(root / "configs" / "train.json"))
-        for k, v in over.items():
-            parser[k] = v
-        if args.dataset_dir:
-            parser["dataset_dir"] = args.dataset_dir
-        parser["train#dataset#partition"] = args.partition
-        ds = parser.get_parsed_content("train#dataset")
-        stats = latent_stats(net, ds.images)
-    except (InputError, json.JSONDecodeError) as e:
+        ckpt = Path(args.bundle) / "models" / "model.pt"
+        if not ckpt.is_file():  # BundleHandle would go on with an untrained network
+            raise InputError(f"{ckpt}: no trained weights")
+        h = BundleHandle(args.bundle, over)
+        stats = latent_stats(h.network(args.device), h.dataset(args.partition).images)
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"bundle": str(root), "partition": args.partition, **stats}, indent=2))
+    print(json.dumps({"bundle": str(h.root), "partition": args.partition, **stats}, indent=2))
     return 0
 
 

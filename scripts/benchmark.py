@@ -122,7 +122,7 @@ def pure_step(args):
     net, opt, loss_fn, inferer = (
         p.get_parsed_content(k) for k in ("network", "optimizer", "loss", "train#inferer")
     )
-    shape = next(iter(p.get_parsed_content("train#dataloader")))["image"].shape
+    shape = (args.batch_size, *p.get_parsed_content("train#dataset")[0]["image"].shape)  # no loader needed
     x = torch.rand(shape, device=device)
     if args.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
