@@ -106,6 +106,67 @@ def _fingerprint(records: list[dict], cfg: PreprocessConfig) -> dict:
     return fp
 
 
+_OWNED = ("datalist.json", "cache")  # what a prepare output folder holds; nothing else is ever replaced
+_TMP_MARK = ".mriae-prepare-tmp"  # marker (holding the writer's pid) inside prepare's temporary folders
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _read_own_datalist(output: Path) -> dict | None:
+    """The datalist of an earlier prepare output in ``output``, or None when it is not one."""
+    f = output / "datalist.json"
+    if not f.is_file():
+        return None
+    try:
+        dl = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(dl, dict) or not all(k in dl for k in ("version", "split", "training", "validation", "test")):
+        return None
+    return dl
+
+
+def _check_replaceable(output: Path, dl: dict) -> None:
+    """Refuse to replace ``output`` when it holds anything an earlier prepare did not write there."""
+    listed = {Path(r["image"]).name for p in ("training", "validation", "test") for r in dl.get(p, [])}
+    foreign = [e.name for e in output.iterdir() if e.name not in _OWNED]
+    cache = output / "cache"
+    if cache.is_dir():
+        foreign += [f"cache/{e.name}" for e in cache.iterdir() if e.name not in listed and not e.name.endswith(".tmp")]
+    elif cache.exists():
+        foreign.append("cache")
+    if foreign:
+        shown = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise InputError(
+            f"{output}: holds files an earlier prepare did not write ({shown}); refusing to replace it "
+            "(move them away or choose another --output)"
+        )
+
+
+def _clean_stale_tmp(parent: Path, name: str) -> None:
+    """Remove temporary folders that a killed prepare of ``name`` left in ``parent`` (ours only:
+    they carry the marker, and the process that made them is gone)."""
+    for d in parent.glob(f".{name}.old-*"):  # an earlier output moved aside by a swap that was killed
+        _remove_if_dead(d, d.name.rsplit("-", 1)[-1])
+    for d in parent.glob(f".{name}.tmp-*"):
+        mark = d / _TMP_MARK
+        if mark.is_file():
+            _remove_if_dead(d, mark.read_text().strip())
+
+
+def _remove_if_dead(folder: Path, pid: str) -> None:
+    try:
+        os.kill(int(pid), 0)
+        return  # its process still runs
+    except (ValueError, ProcessLookupError):
+        shutil.rmtree(folder, ignore_errors=True)
+    except PermissionError:
+        return
+
+
 def prepare(
     subjects: list[Subject],
     output: str | Path,
@@ -116,14 +177,28 @@ def prepare(
     source: dict | None = None,
     overwrite: bool | str = False,
 ) -> Path:
-    """Preprocess ``subjects`` into ``output`` and write the datalist; returns its path. An existing
-    datalist made with the same settings is reused; one made otherwise is refused unless
-    ``overwrite`` (``"if-changed"``: reuse when the same, rebuild when not; the demo uses it)."""
+    """Preprocess ``subjects`` into ``output`` and write the datalist; returns its path.
+
+    ``output`` must be new, empty, or an earlier prepare output (recognised by its datalist). An
+    earlier output made with the same settings is reused; one made otherwise is refused unless
+    ``overwrite`` (``"if-changed"``: reuse when the same, rebuild when not; the demo uses it), and
+    even then only when it holds nothing but what prepare wrote. prepare never removes anything
+    it did not create, and an input inside ``output`` is refused."""
     cfg = cfg or PreprocessConfig()
     output = Path(output)
     datalist_path = output / "datalist.json"
-    if datalist_path.exists():
-        old = json.loads(datalist_path.read_text())
+    for s in subjects:
+        if _inside(Path(s.path), output):
+            raise InputError(f"{output}: --output holds the input {s.path}; choose an output folder outside the input")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: --output exists and is not a folder")
+    old = _read_own_datalist(output) if output.is_dir() else None
+    if output.is_dir() and old is None and any(output.iterdir()):
+        raise InputError(
+            f"{output}: not empty and not an earlier prepare output (no datalist.json written by prepare); "
+            "refusing to write into it, even with --overwrite (choose a new or empty folder)"
+        )
+    if old is not None:
         same = old.get("preprocessing") == cfg.to_dict() and old.get("source") == (source or {})
         same = (
             same
@@ -134,9 +209,12 @@ def prepare(
             return datalist_path
         if not overwrite:
             raise InputError(f"{datalist_path}: exists with other settings; pass --overwrite to replace it")
+        _check_replaceable(output, old)
     output.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(output.parent, output.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
+        (tmp / _TMP_MARK).write_text(str(os.getpid()))
         (tmp / "cache").mkdir()
         jobs = [(s, cfg.to_dict(), str(tmp / "cache")) for s in subjects]
         records = _run(jobs, workers)
@@ -167,13 +245,29 @@ def prepare(
             **by_part,
         }
         (tmp / "datalist.json").write_text(json.dumps(datalist, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
+        (tmp / _TMP_MARK).unlink()
+        _swap_into_place(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return datalist_path
+
+
+def _swap_into_place(tmp: Path, output: Path) -> None:
+    """Move the finished ``tmp`` to ``output``. An empty ``output`` is replaced by the rename itself;
+    an earlier prepare output (checked by the caller) is moved aside first and removed only after
+    the new one is in place, so an interrupt leaves either the old or the new output."""
+    if not output.exists() or not any(output.iterdir()):
+        os.replace(tmp, output)
+        return
+    aside = output.with_name(f".{output.name}.old-{os.getpid()}")
+    os.replace(output, aside)
+    try:
+        os.replace(tmp, output)
+    except BaseException:
+        os.replace(aside, output)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _run(jobs: list, workers: int) -> list[dict]:
