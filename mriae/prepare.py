@@ -124,7 +124,9 @@ def _read_own_datalist(output: Path) -> dict | None:
         dl = json.loads(f.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(dl, dict) or not all(k in dl for k in ("version", "split", "training", "validation", "test")):
+    if not isinstance(dl, dict) or not all(
+        k in dl for k in ("version", "split", "training", "validation", "test")
+    ):
         return None
     return dl
 
@@ -135,7 +137,9 @@ def _check_replaceable(output: Path, dl: dict) -> None:
     foreign = [e.name for e in output.iterdir() if e.name not in _OWNED]
     cache = output / "cache"
     if cache.is_dir():
-        foreign += [f"cache/{e.name}" for e in cache.iterdir() if e.name not in listed and not e.name.endswith(".tmp")]
+        foreign += [
+            f"cache/{e.name}" for e in cache.iterdir() if e.name not in listed and not e.name.endswith(".tmp")
+        ]
     elif cache.exists():
         foreign.append("cache")
     if foreign:
@@ -189,7 +193,9 @@ def prepare(
     datalist_path = output / "datalist.json"
     for s in subjects:
         if _inside(Path(s.path), output):
-            raise InputError(f"{output}: --output holds the input {s.path}; choose an output folder outside the input")
+            raise InputError(
+                f"{output}: --output holds the input {s.path}; choose an output folder outside the input"
+            )
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: --output exists and is not a folder")
     old = _read_own_datalist(output) if output.is_dir() else None

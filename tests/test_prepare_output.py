@@ -13,7 +13,17 @@ import pytest
 
 
 def _prepare(inp: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mriae.prepare", "--source", "nifti", "--input", str(inp), "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mriae.prepare",
+        "--source",
+        "nifti",
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+    ]
     return subprocess.run(cmd + ["--workers", "1", *extra], capture_output=True, text=True, timeout=600)
 
 
@@ -76,7 +86,9 @@ def test_overwrite_replaces_only_an_earlier_prepare_output(two_volumes, tmp_path
     (out / "notes.txt").write_text("mine")  # something prepare did not write
     res = _prepare(two_volumes, out, "--slice-size", "96", "--overwrite")
     assert res.returncode == 2 and "notes.txt" in _one_line(res)
-    assert (out / "notes.txt").read_text() == "mine" and json.loads((out / "datalist.json").read_text()) == first
+    assert (out / "notes.txt").read_text() == "mine" and json.loads(
+        (out / "datalist.json").read_text()
+    ) == first
     (out / "notes.txt").unlink()
     res = _prepare(two_volumes, out, "--slice-size", "96", "--overwrite")
     assert res.returncode == 0, res.stderr
@@ -87,7 +99,9 @@ def test_overwrite_replaces_only_an_earlier_prepare_output(two_volumes, tmp_path
 
 
 def test_stale_temporary_folders_of_a_killed_prepare_are_cleaned(two_volumes, tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     pid = dead.stdout.strip()  # a process that has exited
     stale = tmp_path / ".prep.tmp-abc123"
     (stale / "cache").mkdir(parents=True)
