@@ -33,7 +33,7 @@ import numpy as np
 from .errors import InputError, UserError
 from .preprocessing import PreprocessConfig, preprocess_volume
 from .sources import Subject, list_subjects
-from .split import split_checksum, stratified_split
+from .split import make_split, split_checksum
 
 __all__ = ["prepare", "main", "DATALIST_VERSION", "sha256_file"]
 
@@ -57,7 +57,16 @@ def _process(args: tuple[Subject, dict, str]) -> dict:
     torch.set_num_threads(1)
     cfg = PreprocessConfig.from_dict(cfg_dict)
     image = load_volume(subject.path, series=subject.series)
-    out = preprocess_volume(image, cfg)
+    name = subject.path if subject.series is None else f"{subject.path} (series of {subject.id})"
+    try:
+        out = preprocess_volume(image, cfg)
+    except UserError as e:
+        raise InputError(f"{name}: {e}") from None
+    if len(out["slices"]) == 0:
+        raise InputError(
+            f"{name}: no slice has foreground over {cfg.min_mask_fraction:.2%} of its area "
+            "(empty volume, or lower --min-mask-fraction)"
+        )
     vol = out["volume"].astype(np.float16)
     dst = Path(cache_dir) / f"{subject.id}.npy"
     tmp = dst.with_suffix(".npy.tmp")
@@ -129,6 +138,16 @@ def _read_own_datalist(output: Path) -> dict | None:
     ):
         return None
     return dl
+
+
+def _same_plan(recorded: dict | None, cfg: PreprocessConfig) -> bool:
+    """Whether a recorded plan is ``cfg`` (plans written before a field existed get its default)."""
+    if not isinstance(recorded, dict) or recorded.get("code_version") != cfg.to_dict()["code_version"]:
+        return False
+    try:
+        return PreprocessConfig.from_dict(recorded).to_dict() == cfg.to_dict()
+    except (TypeError, UserError):
+        return False
 
 
 def _check_replaceable(output: Path, dl: dict) -> None:
@@ -205,7 +224,7 @@ def prepare(
             "refusing to write into it, even with --overwrite (choose a new or empty folder)"
         )
     if old is not None:
-        same = old.get("preprocessing") == cfg.to_dict() and old.get("source") == (source or {})
+        same = _same_plan(old.get("preprocessing"), cfg) and old.get("source") == (source or {})
         same = (
             same
             and old.get("split", {}).get("seed") == seed
@@ -227,7 +246,7 @@ def prepare(
         groups = {s.id: s.extra.get("group", s.id) for s in subjects}
         demo = {groups[s.id]: s.demographics for s in subjects if s.demographics}
         fixed = {groups[s.id]: "test" for s in subjects if s.role == "heldout"}
-        split = stratified_split(sorted(set(groups.values())), demo, fractions, seed, fixed)
+        split, how = make_split(sorted(set(groups.values())), demo, fractions, seed, fixed)
         part_of = {g: p for p, ids in split.items() for g in ids}
         by_part: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
         for r in records:
@@ -243,7 +262,7 @@ def prepare(
             "split": {
                 "seed": seed,
                 "fractions": list(fractions),
-                "stratified_by": ["sex", "age_group(<25,25-65,>=65)", "ethnicity(white/other)"],
+                "method": how,
                 "checksum": split_checksum(subject_split),
                 "n_subjects": {p: len(v) for p, v in subject_split.items()},
                 "n_slices": {p: int(sum(len(r["slices"]) for r in rs)) for p, rs in by_part.items()},
@@ -294,7 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="input folder (not needed for demo)")
     p.add_argument("--demographics", help="IXI.xls or a CSV (subject, sex, age, ethnicity)")
     p.add_argument("--output", required=True, help="output folder (datalist.json + cache/)")
-    p.add_argument("--spacing", type=float, nargs=3, default=PreprocessConfig.spacing)
+    p.add_argument(
+        "--spacing",
+        nargs="+",
+        default=[str(v) for v in PreprocessConfig.spacing],
+        help="three millimetre values, or 'native' to keep each volume's own grid (default: S4's)",
+    )
     p.add_argument("--slice-size", type=int, default=PreprocessConfig.slice_size)
     p.add_argument("--axcodes", default=PreprocessConfig.axcodes)
     p.add_argument("--percentiles", type=float, nargs=2, default=(0.5, 99.5))
@@ -305,21 +329,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--demo-subjects", type=int, default=20, help="demo: number of training/validation subjects"
     )
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--no-clip", action="store_true", help="keep intensities above the upper percentile (denoising)"
+    )
+    p.add_argument(
+        "--inference-grid",
+        choices=["plan", "native"],
+        default="plan",
+        help="where models trained on this data run: resampled like prepare (plan) or on the input's grid",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier prepare output made otherwise"
+    )
     return p
+
+
+def _spacing(values: list[str]) -> tuple[float, float, float] | None:
+    if len(values) == 1 and values[0].lower() == "native":
+        return None
+    try:
+        out = tuple(float(v) for v in values)
+    except ValueError:
+        out = ()
+    if len(out) != 3:
+        raise InputError(f"--spacing {' '.join(values)}: need three millimetre values or 'native'")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = PreprocessConfig(
-        axcodes=args.axcodes,
-        spacing=tuple(args.spacing),
-        slice_size=args.slice_size,
-        lower_percentile=args.percentiles[0],
-        upper_percentile=args.percentiles[1],
-        min_mask_fraction=args.min_mask_fraction,
-    )
     try:
+        cfg = PreprocessConfig(
+            axcodes=args.axcodes,
+            spacing=_spacing(args.spacing),
+            slice_size=args.slice_size,
+            lower_percentile=args.percentiles[0],
+            upper_percentile=args.percentiles[1],
+            min_mask_fraction=args.min_mask_fraction,
+            clip=not args.no_clip,
+            inference_grid=args.inference_grid,
+        )
+        if len(args.fractions) != 3 or min(args.fractions) < 0 or abs(sum(args.fractions) - 1) > 1e-6:
+            raise InputError(f"--fractions {args.fractions}: need three non-negative values summing to 1")
         if args.source == "demo":
             from .data import prepare_demo
 
@@ -343,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepare: error: {e}", file=sys.stderr)
         return 2
     dl = json.loads(Path(path).read_text())
+    print(f"split: {dl['split'].get('method', 'stratified')}")
     print(f"wrote {path}: subjects {dl['split']['n_subjects']}, slices {dl['split']['n_slices']}")
     return 0
 

@@ -13,59 +13,120 @@ The geometric steps are MONAI invertible transforms, so inference maps a predict
 input's exact grid with ``Invertd``. MONAI's ``ScaleIntensityRangePercentiles`` takes percentiles over
 all voxels (mostly background); ours takes the upper one over the foreground, and records both so
 the scaling can be undone.
+
+``PreprocessConfig`` is the PLAN (nnU-Net's plans.json): what prepare did to the data, recorded in
+``datalist.json``, written beside the weights by training and read back by evaluation and inference
+(``mriae.plan``). ``spacing=None`` keeps every volume's own grid (no resampling); ``clip=False``
+keeps intensities above the upper percentile (a denoiser must give them back);
+``inference_grid="native"`` runs inference on the input's own grid (only a lossless reorientation),
+``"plan"`` resamples to ``spacing`` and pads / crops to ``slice_size`` as prepare did (S4).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import Compose, Orientationd, ResizeWithPadOrCropd, Spacingd
 from scipy import ndimage
 
+from .errors import InputError
+
 __all__ = [
-    "PreprocessConfig", "geometric_transform", "robust_scale", "otsu_threshold", "foreground_mask", "relevant_slices",
+    "PreprocessConfig",
+    "geometric_transform",
+    "geometric_transforms",
+    "robust_scale",
+    "otsu_threshold",
+    "foreground_mask",
+    "relevant_slices",
     "preprocess_volume",
 ]
 
 
-PREPROCESS_VERSION = 2  # bump when the preprocessing code changes what it writes
+PREPROCESS_VERSION = 2  # bump when the preprocessing code changes what it writes for the same plan
+# fixed rules of the plan, recorded with it so that a reader of a datalist or a model's plan sees them
+SCALING_RULE = "low = lower percentile of all voxels, high = upper percentile of voxels above Otsu; (v - low) / (high - low)"
+MASK_RULE = "Otsu threshold, closing (3x3x3, 2 iterations), hole filling, largest component"
+_DESCRIPTIVE = ("code_version", "scaling_rule", "mask_rule")
 
 
 @dataclass
 class PreprocessConfig:
-    """Parameters of the prepare step; recorded in the datalist and checked by later steps."""
+    """The plan: parameters of the prepare step, recorded in the datalist and beside the weights,
+    and checked by later steps. Invalid values raise ``InputError`` (one line)."""
 
     axcodes: str = "RIA"
-    spacing: tuple[float, float, float] = (1.2, 1.875, 1.875)
+    spacing: tuple[float, float, float] | None = (1.2, 1.875, 1.875)
     slice_size: int = 128
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
     # S4: keep a slice when its brain mask covers > 3000 px of 256x256 (4.58 %)
     min_mask_fraction: float = 3000 / (256 * 256)
+    clip: bool = True
+    inference_grid: str = "plan"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        codes = str(self.axcodes).upper()
+        try:
+            ok = len(codes) == 3 and nib.orientations.axcodes2ornt(codes) is not None
+            ok = ok and len({nib.orientations.axcodes2ornt(codes)[i, 0] for i in range(3)}) == 3
+        except (ValueError, KeyError):
+            ok = False
+        if not ok:
+            raise InputError(
+                f"axcodes {self.axcodes!r}: need three letters, one of L/R, A/P, S/I each (e.g. RIA)"
+            )
+        self.axcodes = codes
+        if self.spacing is not None:
+            sp = tuple(float(v) for v in self.spacing)
+            if len(sp) != 3 or not all(np.isfinite(v) and v > 0 for v in sp):
+                raise InputError(
+                    f"spacing {self.spacing!r}: need three positive millimetre values (or native)"
+                )
+            self.spacing = sp
+        if int(self.slice_size) != self.slice_size or not 8 <= self.slice_size <= 2048 or self.slice_size % 8:
+            raise InputError(f"slice size {self.slice_size!r}: need a multiple of 8 between 8 and 2048")
+        self.slice_size = int(self.slice_size)
+        lo, hi = float(self.lower_percentile), float(self.upper_percentile)
+        if not 0 <= lo < hi <= 100:
+            raise InputError(f"percentiles {lo} {hi}: need 0 <= lower < upper <= 100")
+        if not 0 <= float(self.min_mask_fraction) < 1:
+            raise InputError(f"min mask fraction {self.min_mask_fraction}: need a value in [0, 1)")
+        if self.inference_grid not in ("plan", "native"):
+            raise InputError(f"inference grid {self.inference_grid!r}: need 'plan' or 'native'")
+        self.clip = bool(self.clip)
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
-        return cls(**{k: v for k, v in d.items() if k != "code_version"})
+        return cls(**{k: v for k, v in d.items() if k not in _DESCRIPTIVE})
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["code_version"] = PREPROCESS_VERSION
-        d["spacing"] = [float(s) for s in self.spacing]
+        d["spacing"] = None if self.spacing is None else [float(s) for s in self.spacing]
+        d.update(code_version=PREPROCESS_VERSION, scaling_rule=SCALING_RULE, mask_rule=MASK_RULE)
         return d
 
 
+def geometric_transforms(cfg: PreprocessConfig, keys: str | list[str] = "image", grid: str = "plan") -> list:
+    """The invertible MONAI steps of the plan: canonical orientation, then (``grid="plan"``) resampling
+    to ``spacing`` (none when it is None) and pad / crop of the slice plane to ``slice_size``.
+    ``grid="native"`` keeps the input's own grid: only the orientation, an exact permutation / flip."""
+    steps: list = [Orientationd(keys=keys, axcodes=cfg.axcodes)]
+    if grid == "native":
+        return steps
+    if cfg.spacing is not None:
+        steps.append(Spacingd(keys=keys, pixdim=tuple(cfg.spacing), mode="bilinear", padding_mode="zeros"))
+    steps.append(ResizeWithPadOrCropd(keys=keys, spatial_size=(-1, cfg.slice_size, cfg.slice_size)))
+    return steps
+
+
 def geometric_transform(cfg: PreprocessConfig, keys: str | list[str] = "image") -> Compose:
-    """Invertible MONAI chain: canonical orientation, resampling, pad/crop of the slice plane."""
-    return Compose(
-        [
-            Orientationd(keys=keys, axcodes=cfg.axcodes),
-            Spacingd(keys=keys, pixdim=tuple(cfg.spacing), mode="bilinear", padding_mode="zeros"),
-            ResizeWithPadOrCropd(keys=keys, spatial_size=(-1, cfg.slice_size, cfg.slice_size)),
-        ]
-    )
+    """Invertible MONAI chain of prepare: ``geometric_transforms`` on the plan's grid."""
+    return Compose(geometric_transforms(cfg, keys))
 
 
 def foreground_mask(volume: np.ndarray) -> np.ndarray:
@@ -107,20 +168,26 @@ def _quantile(v: torch.Tensor, q: float) -> float:
 
 
 def robust_scale(
-    volume: torch.Tensor | np.ndarray, lower: float = 0.5, upper: float = 99.5
+    volume: torch.Tensor | np.ndarray, lower: float = 0.5, upper: float = 99.5, clip: bool = True
 ) -> tuple[torch.Tensor, float, float]:
-    """Scale to [0, 1] (clipped) where the volume lives (CPU or GPU): low = ``lower`` percentile of
-    all voxels, high = ``upper`` percentile of the voxels above Otsu's threshold (the foreground).
-    Returns (scaled float32 tensor, low, high). Prepare and inference call this same function."""
+    """Scale to [0, 1] where the volume lives (CPU or GPU): low = ``lower`` percentile of all voxels,
+    high = ``upper`` percentile of the voxels above Otsu's threshold (the foreground); clipped to
+    [0, 1] unless ``clip`` is False. Returns (scaled float32 tensor, low, high). Prepare and
+    inference call this same function. A volume with NaN / Inf voxels or no intensity range raises
+    ``InputError``."""
     v = torch.as_tensor(volume).float()
+    bad = int((~torch.isfinite(v)).sum())
+    if bad:
+        raise InputError(f"volume has {bad} NaN or infinite voxel(s)")
     lo = _quantile(v, lower)
     fg = v[v > otsu_threshold(v)]
     hi = _quantile(fg, upper) if fg.numel() else float(v.max())
     if hi <= lo:
         hi = float(v.max())
     if hi <= lo:
-        raise ValueError("volume has no intensity range (constant image)")
-    return ((v - lo) / (hi - lo)).clamp_(0.0, 1.0), lo, hi
+        raise InputError(f"volume has no intensity range (every voxel is {float(v.reshape(-1)[0]):g})")
+    out = (v - lo) / (hi - lo)
+    return (out.clamp_(0.0, 1.0) if clip else out), lo, hi
 
 
 def relevant_slices(mask: np.ndarray, min_fraction: float) -> np.ndarray:
@@ -134,9 +201,11 @@ def preprocess_volume(image: torch.Tensor, cfg: PreprocessConfig) -> dict:
     ``data`` dict (for inversion), the scaled volume (X, S, S) float32, mask, relevant slice indices
     and the intensity bounds."""
     data = geometric_transform(cfg)({"image": image})
-    scaled_t, lo, hi = robust_scale(data["image"][0].detach(), cfg.lower_percentile, cfg.upper_percentile)
+    scaled_t, lo, hi = robust_scale(
+        data["image"][0].detach(), cfg.lower_percentile, cfg.upper_percentile, cfg.clip
+    )
     scaled = scaled_t.cpu().numpy()
-    mask = foreground_mask(scaled)
+    mask = foreground_mask(np.clip(scaled, 0, 1) if not cfg.clip else scaled)
     return {
         "data": data,
         "volume": scaled.astype(np.float32),

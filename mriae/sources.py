@@ -54,6 +54,19 @@ def _col(columns, *prefixes: str) -> str | None:
     return None
 
 
+def _code(value, names: dict[str, str]) -> str | None:
+    """A demographics cell as IXI's numeric code (``"1"``), a known name mapped to it, or as written."""
+    text = str(value).strip()
+    if text.lower() in ("", "nan", "none"):
+        return None
+    if text.lower() in names:
+        return names[text.lower()]
+    try:
+        return str(int(float(text)))
+    except ValueError:
+        return text
+
+
 def read_demographics(path: str | Path) -> dict[str, dict]:
     """Read IXI.xls (or a CSV with the same columns, or subject/sex/age/ethnicity) into
     ``{id: {"sex", "age", "ethnicity"}}``. IXI ids become ``IXI002`` style. Duplicated rows (IXI has
@@ -64,7 +77,7 @@ def read_demographics(path: str | Path) -> dict[str, dict]:
     if not path.is_file():
         raise MissingFileError(f"{path}: demographics file not found")
     try:
-        df = pd.read_excel(path) if path.suffix.lower() in (".xls", ".xlsx") else pd.read_csv(path)
+        df = pd.read_excel(path) if path.suffix.lower() in (".xls", ".xlsx") else pd.read_csv(path, dtype=str)
     except Exception as e:  # noqa: BLE001 - any parse failure is a user error here
         raise InputError(f"{path}: cannot read demographics table ({type(e).__name__}: {e})") from None
     cols = list(df.columns)
@@ -77,15 +90,21 @@ def read_demographics(path: str | Path) -> dict[str, dict]:
         raw = row[id_col]
         if raw is None or (isinstance(raw, float) and not np.isfinite(raw)):
             continue
-        sid = f"IXI{int(raw):03d}" if (isinstance(raw, (int, float, np.integer, np.floating))) else str(raw)
+        ixi = id_col != _col(cols, "SUBJECT") and (
+            isinstance(raw, (int, float, np.integer, np.floating)) or str(raw).isdigit()
+        )
+        sid = f"IXI{int(float(raw)):03d}" if ixi else str(raw).strip()
         age = row[age_col] if age_col is not None else None
-        age = float(age) if age is not None and str(age) not in ("", "nan") else None
+        try:
+            age = float(age) if age is not None and str(age).strip() not in ("", "nan") else None
+        except ValueError:
+            raise InputError(f"{path}: age {age!r} of subject {sid} is not a number") from None
         rec = {
-            "sex": None if sex_col is None or str(row[sex_col]) == "nan" else str(int(float(row[sex_col]))),
+            "sex": None
+            if sex_col is None
+            else _code(row[sex_col], {"m": "1", "male": "1", "f": "2", "female": "2"}),
             "age": age,
-            "ethnicity": None
-            if eth_col is None or str(row[eth_col]) == "nan"
-            else str(int(float(row[eth_col]))),
+            "ethnicity": None if eth_col is None else _code(row[eth_col], {"white": "1"}),
         }
         if sid not in out or (out[sid]["age"] is None and rec["age"] is not None):
             out[sid] = rec
@@ -133,11 +152,26 @@ def list_subjects(
             ids = [_stem(Path(i)) for i in ids]
         return [Subject(i, p, demographics=demo.get(i)) for i, p in zip(ids, files)]
     if source == "dicom":
-        return _dicom_subjects(root)
+        return _dicom_subjects(root, demo)
     raise ValueError(f"unknown source {source!r}: use demo, ixi, nifti or dicom")
 
 
-def _dicom_subjects(root: Path) -> list[Subject]:
+def _header_demographics(ds) -> dict | None:
+    """Sex, age and ethnic group from a DICOM header (PatientSex M/F, PatientAge like 045Y,
+    EthnicGroup), coded as IXI codes them (sex 1 male, 2 female); None when any is missing."""
+    sex = {"M": "1", "F": "2"}.get(str(getattr(ds, "PatientSex", "") or "").upper())
+    m = re.fullmatch(r"(\d{1,3})([DWMY])", str(getattr(ds, "PatientAge", "") or "").strip().upper())
+    age = None if m is None else int(m.group(1)) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[m.group(2)]
+    eth = str(getattr(ds, "EthnicGroup", "") or "").strip()
+    if sex is None or age is None or not eth:
+        return None
+    return {"sex": sex, "age": round(age, 1), "ethnicity": "1" if eth.lower() == "white" else eth}
+
+
+def _dicom_subjects(root: Path, demographics: dict[str, dict] | None = None) -> list[Subject]:
+    """One subject per patient (all series of a patient share it). Demographics come from the
+    ``--demographics`` table, whose subject column holds the DICOM PatientID (matched by its hash:
+    the id itself is never stored), or else from the headers (PatientSex, PatientAge, EthnicGroup)."""
     import pydicom
 
     from .io import find_dicom_series
@@ -145,14 +179,23 @@ def _dicom_subjects(root: Path) -> list[Subject]:
     series = find_dicom_series(root)
     if not series:
         raise InputError(f"{root}: no DICOM series found")
+    table = {hashlib.sha256(str(k).encode()).hexdigest(): v for k, v in (demographics or {}).items()}
     by_patient: dict[str, list[str]] = {}
+    header_demo: dict[str, dict | None] = {}
     for key, files in series.items():
-        pid = str(getattr(pydicom.dcmread(files[0], stop_before_pixels=True), "PatientID", "") or "")
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        pid = str(getattr(ds, "PatientID", "") or "")
         h = hashlib.sha256(pid.encode()).hexdigest()
         by_patient.setdefault(h, []).append(key)
+        header_demo.setdefault(h, _header_demographics(ds))
+    if table and not set(table) & set(by_patient):
+        raise InputError(f"{root}: no PatientID of these series is in the --demographics table")
     subjects = []
     for n, h in enumerate(sorted(by_patient), start=1):
+        demo = table.get(h) if table else header_demo.get(h)
         for k, key in enumerate(sorted(by_patient[h])):
             sid = f"dicom-{n:03d}" + (f"-{k + 1}" if len(by_patient[h]) > 1 else "")
-            subjects.append(Subject(sid, root, series=key, extra={"group": f"dicom-{n:03d}"}))
+            subjects.append(
+                Subject(sid, root, series=key, demographics=demo, extra={"group": f"dicom-{n:03d}"})
+            )
     return subjects

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["age_group", "stratum", "stratified_split", "split_checksum"]
+__all__ = ["age_group", "stratum", "stratified_split", "make_split", "split_checksum"]
 
 PARTITIONS = ("training", "validation", "test")
 
@@ -91,3 +91,60 @@ def split_checksum(split: Mapping[str, Sequence[str]]) -> str:
     """sha256 of the partitions' sorted ids: records the split with the data."""
     payload = json.dumps({p: sorted(split.get(p, [])) for p in PARTITIONS}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def make_split(
+    subjects: Sequence[str],
+    demographics: Mapping[str, Mapping] | None = None,
+    fractions: Sequence[float] = (0.78, 0.14, 0.08),
+    seed: int = 0,
+    fixed: Mapping[str, str] | None = None,
+) -> tuple[dict[str, list[str]], str]:
+    """The prepare step's split and a sentence saying how it was made.
+
+    With demographics for some subjects: ``stratified_split`` (S4: those without go to training).
+    With none: a plain seeded split by ``fractions`` (every subject is stratum-less, so S4's rule
+    would put them all in training and leave nothing to validate on). Either way at least one
+    subject is kept for validation (and one for test when its fraction is above zero and three or
+    more subjects are free); fewer than two free subjects cannot be split and raise ``InputError``."""
+    from .errors import InputError
+
+    demographics = demographics or {}
+    fixed = dict(fixed or {})
+    free = [s for s in subjects if s not in fixed]
+    if len(free) < 2:
+        raise InputError(
+            f"{len(free)} subject(s) to split: need at least 2 (one to train on, one to validate on)"
+        )
+    with_demo = [s for s in free if stratum(demographics.get(s)) is not None]
+    if with_demo:
+        split = stratified_split(subjects, demographics, fractions, seed, fixed)
+        how = f"stratified by sex, age group (<25, 25-65, >=65) and ethnicity (white / other), seed {seed}"
+        if len(with_demo) < len(free):
+            how += (
+                f"; {len(free) - len(with_demo)} subject(s) without demographics went to training (S4's rule)"
+            )
+    else:
+        rng = np.random.default_rng(seed)
+        order = [free[i] for i in rng.permutation(len(free))]
+        free_fr = [
+            fr if not any(v == p for v in fixed.values()) else 0.0 for p, fr in zip(PARTITIONS, fractions)
+        ]
+        if sum(free_fr) == 0:
+            free_fr = list(fractions)
+        counts = _targets(len(order), free_fr)
+        split = {p: [] for p in PARTITIONS}
+        for sid, part in fixed.items():
+            split[part].append(sid)
+        start = 0
+        for p, n in zip(PARTITIONS, counts):
+            split[p].extend(order[start : start + n])
+            start += n
+        how = f"plain seeded split (no demographics), seed {seed}"
+    need_test = fractions[2] > 0 and len(free) >= 3 and not split["test"]
+    for part in ("validation",) + (("test",) if need_test else ()):
+        if not split[part]:  # move one subject over from training (the largest partition)
+            split[part].append(sorted(split["training"])[-1])
+            split["training"].remove(split[part][-1])
+            how += f"; one subject moved from training to {part} so that it is not empty"
+    return {p: sorted(v) for p, v in split.items()}, how

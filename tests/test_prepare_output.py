@@ -114,3 +114,39 @@ def test_stale_temporary_folders_of_a_killed_prepare_are_cleaned(two_volumes, tm
     (unmarked / "keep.txt").write_text("not written by prepare")
     assert _prepare(two_volumes, tmp_path / "prep").returncode == 0
     assert not stale.exists() and alive.exists() and (unmarked / "keep.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--spacing", "0", "0", "0"], "spacing"),
+        (["--spacing", "1", "1"], "--spacing"),
+        (["--slice-size", "0"], "slice size"),
+        (["--percentiles", "99", "1"], "percentiles"),
+        (["--fractions", ".5", ".5", ".5"], "--fractions"),
+        (["--axcodes", "XYZ"], "axcodes"),
+        (["--min-mask-fraction", "1.5"], "mask fraction"),
+    ],
+)
+def test_bad_parameters_are_refused_in_one_line(two_volumes, tmp_path, capsys, args, words):
+    from mriae.prepare import main
+
+    argv = ["--source", "nifti", "--input", str(two_volumes), "--output", str(tmp_path / "out"), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_folder_without_demographics_gets_a_usable_seeded_split(two_volumes, tmp_path):
+    res = _prepare(two_volumes, tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    assert "plain seeded split (no demographics)" in res.stdout
+    dl = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    assert len(dl["training"]) == 1 and len(dl["validation"]) == 1  # two subjects: one to train, one to validate
+    assert dl["split"]["method"].startswith("plain seeded split")
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(sorted(two_volumes.glob("*.nii.gz"))[0], one)
+    res = _prepare(one, tmp_path / "out1")
+    assert res.returncode == 2 and "need at least 2" in _one_line(res)

@@ -12,7 +12,15 @@ import torch
 from monai.networks.layers import Conv, Norm
 from torch import nn
 
-__all__ = ["conv", "batch_norm", "FullPreActResBlock", "OriginalResBlock", "UpBlock", "RES_BLOCKS"]
+__all__ = [
+    "conv",
+    "batch_norm",
+    "FullPreActResBlock",
+    "OriginalResBlock",
+    "UpBlock",
+    "OutputHead",
+    "RES_BLOCKS",
+]
 
 
 def conv(spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
@@ -86,3 +94,40 @@ class UpBlock(nn.Sequential):
             batch_norm(spatial_dims, out_ch),
             nn.ReLU(),
         )
+
+
+class OutputHead(nn.Sequential):
+    """The S4 networks' last layer, Conv(out, 3x3), with one of two outputs:
+
+    - reconstruction (``residual=False``, S4): a sigmoid, so the network paints the image anew in (0, 1);
+    - residual denoising (``residual=True``): no activation; the convolution predicts the corruption
+      and the output is ``input - prediction`` (DnCNN, Zhang et al. 2017, "Beyond a Gaussian denoiser",
+      IEEE TIP 26(7)). With context slices as input channels (``2k + 1`` of them) the prediction is
+      subtracted from the centre channel. A clean input then only has to be left alone, which is
+      what keeps a real scan's own anatomy and contrast.
+
+    Keeps the parameter names of S4's ``Sequential(conv, Sigmoid)`` head (``head.0.*``)."""
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, residual: bool = False) -> None:
+        super().__init__(conv(spatial_dims, in_ch, out_ch, 3, 1), *([] if residual else [nn.Sigmoid()]))
+        self.residual = bool(residual)
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        out = super().forward(features)
+        if not self.residual:
+            return out
+        if image is None:
+            raise ValueError("a residual head needs the network's input")
+        return centre_channels(image, out.shape[1]) - out
+
+
+def centre_channels(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The middle ``n`` channels of ``x`` (all of them when ``x`` has ``n``): the slice that a stack
+    of ``2k + 1`` context slices is centred on."""
+    c = x.shape[1]
+    if c == n:
+        return x
+    if c < n or (c - n) % 2:
+        raise ValueError(f"cannot centre {n} output channel(s) in an input of {c} channels")
+    k = (c - n) // 2
+    return x[:, k : k + n]

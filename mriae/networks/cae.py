@@ -79,7 +79,9 @@ class CAE(nn.Module):
         dec, prev = [], channels[-1]
         for i, ch in enumerate(outs):
             last = i == len(outs) - 1
-            dec.append(nn.Sequential(convt(prev, ch, 4, stride=2, padding=1), nn.Sigmoid() if last else nn.ReLU()))
+            dec.append(
+                nn.Sequential(convt(prev, ch, 4, stride=2, padding=1), nn.Sigmoid() if last else nn.ReLU())
+            )
             prev = ch
         self.decoder = nn.Sequential(*dec)
 

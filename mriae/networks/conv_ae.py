@@ -45,7 +45,9 @@ class ConvAE(nn.Module):
     Input sizes must be divisible by ``2 ** (len(channels) - 1)`` (176 = 4 x 44 for S2).
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128)) -> None:
+    def __init__(
+        self, spatial_dims: int = 2, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128)
+    ) -> None:
         super().__init__()
         pool = Pool[Pool.MAX, spatial_dims]
         enc: list[nn.Module] = []

@@ -23,7 +23,7 @@ import torch
 from monai.networks.layers import Dropout
 from torch import nn
 
-from .blocks import FullPreActResBlock, UpBlock, conv
+from .blocks import FullPreActResBlock, OutputHead, UpBlock, conv
 
 __all__ = ["MyronenkoAE", "GreenBlock"]
 
@@ -46,6 +46,7 @@ class MyronenkoAE(nn.Module):
         blocks: residual blocks per level (S4: 1, 2, 2).
         dropout: spatial (channel-wise) dropout rate after the first convolution (S4: 0.1).
         img_size: expected input size (informational); any size divisible by 8 works.
+        residual: predict the corruption and return ``input - prediction`` (``OutputHead``).
 
     Input ``(B, in_channels, *spatial)`` in [0, 1]; output the same shape, in (0, 1) (sigmoid).
     """
@@ -59,6 +60,7 @@ class MyronenkoAE(nn.Module):
         blocks: Sequence[int] = (1, 2, 2),
         dropout: float = 0.1,
         img_size: int | Sequence[int] | None = 128,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.spatial_dims, self.img_size = spatial_dims, img_size
@@ -79,7 +81,8 @@ class MyronenkoAE(nn.Module):
             ups.append(UpBlock(spatial_dims, prev, ch))
             prev = ch
         self.decoder = nn.Sequential(*ups)
-        self.head = nn.Sequential(conv(spatial_dims, prev, out_channels, 3, 1), nn.Sigmoid())
+        self.head = OutputHead(spatial_dims, prev, out_channels, residual)
+        self.in_channels, self.out_channels, self.residual = in_channels, out_channels, bool(residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decoder(self.encoder(x)))
+        return self.head(self.decoder(self.encoder(x)), x)

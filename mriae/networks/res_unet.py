@@ -13,6 +13,13 @@ Layer plan at 128x128x1 (widths ``channels=(32, 64, 128)``, ``block='full_preact
 
 483,649 parameters in Keras' count (which includes batch-norm running statistics; see
 ``count_parameters``); without ``skip`` it is the shallow residual AE (460,609).
+
+Two options, off in S4's layer plan, make it a denoiser for real scans (bundles/res_unet's default):
+``residual`` (the head predicts the corruption and subtracts it from the input: ``OutputHead``) and
+``full_res`` (a full-resolution conv stage whose features are concatenated before the head, so the
+per-pixel noise can be told from the anatomy: S4's first layer is already at half resolution).
+With ``in_channels = 2k + 1`` the input is a stack of neighbouring slices and the output is the
+centre slice.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import RES_BLOCKS, UpBlock, conv
+from .blocks import RES_BLOCKS, OutputHead, UpBlock, conv
 
 __all__ = ["ResUNetAE"]
 
@@ -36,9 +43,14 @@ class ResUNetAE(nn.Module):
         channels: encoder widths (first conv, first residual stage, latent stage).
         block: ``"full_preact"`` (S4's Residual U-Net) or ``"original"``.
         skip: concatenate encoder features into the decoder (U-Net) or not.
-        img_size: expected input size (for shape checks); any size divisible by 8 works.
+        img_size: expected input size (informational); any size divisible by 8 works.
+        residual: predict the corruption and return ``input - prediction`` (no sigmoid).
+        full_res: width of a full-resolution stage (two 3x3 convs) concatenated before the head
+            (0: none, S4).
 
-    Input ``(B, in_channels, *img_size)`` in [0, 1]; output the same shape, in (0, 1) (sigmoid).
+    Input ``(B, in_channels, *spatial)`` (spatial divisible by 8), in [0, 1]; output
+    ``(B, out_channels, *spatial)``: in (0, 1) (sigmoid) or, with ``residual``, the denoised centre
+    channel(s).
     """
 
     def __init__(
@@ -50,6 +62,8 @@ class ResUNetAE(nn.Module):
         block: str = "full_preact",
         skip: bool = True,
         img_size: int | Sequence[int] | None = 128,
+        residual: bool = False,
+        full_res: int = 0,
     ) -> None:
         super().__init__()
         if block not in RES_BLOCKS:
@@ -57,13 +71,20 @@ class ResUNetAE(nn.Module):
         c1, c2, c3 = channels
         rb = RES_BLOCKS[block]
         self.spatial_dims, self.skip, self.img_size = spatial_dims, skip, img_size
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.residual, self.full_res = bool(residual), int(full_res)
+        if self.full_res:
+            f = self.full_res
+            self.full = nn.Sequential(
+                conv(spatial_dims, in_channels, f, 3, 1), nn.ReLU(), conv(spatial_dims, f, f, 3, 1), nn.ReLU()
+            )
         self.stem = conv(spatial_dims, in_channels, c1, 3, 2)
         self.stage2 = nn.Sequential(rb(spatial_dims, c1, c2, 2), rb(spatial_dims, c2, c2, 1))
         self.stage3 = rb(spatial_dims, c2, c3, 2)
         self.up1 = UpBlock(spatial_dims, c3, c2)
         self.up2 = UpBlock(spatial_dims, 2 * c2 if skip else c2, c1)
         self.up3 = UpBlock(spatial_dims, 2 * c1 if skip else c1, c1 // 2)
-        self.head = nn.Sequential(conv(spatial_dims, c1 // 2, out_channels, 3, 1), nn.Sigmoid())
+        self.head = OutputHead(spatial_dims, c1 // 2 + self.full_res, out_channels, residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.stem(x)
@@ -75,4 +96,7 @@ class ResUNetAE(nn.Module):
         y = self.up2(y)
         if self.skip:
             y = torch.cat([y, x1], dim=1)
-        return self.head(self.up3(y))
+        y = self.up3(y)
+        if self.full_res:
+            y = torch.cat([y, self.full(x)], dim=1)
+        return self.head(y, x)

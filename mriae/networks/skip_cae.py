@@ -23,7 +23,7 @@ import torch
 from monai.networks.layers import Conv
 from torch import nn
 
-from .blocks import UpBlock, batch_norm, conv
+from .blocks import OutputHead, UpBlock, batch_norm, conv
 
 __all__ = ["SkipCAE"]
 
@@ -49,6 +49,7 @@ class SkipCAE(nn.Module):
         in_channels / out_channels: image channels (1 for MRI).
         channels: encoder widths of the three stride-2 conv blocks.
         img_size: expected input size (informational); any size divisible by 8 works.
+        residual: predict the corruption and return ``input - prediction`` (``OutputHead``).
 
     Input ``(B, in_channels, *spatial)`` in [0, 1]; output the same shape, in (0, 1) (sigmoid).
     """
@@ -60,6 +61,7 @@ class SkipCAE(nn.Module):
         out_channels: int = 1,
         channels: Sequence[int] = (32, 64, 128),
         img_size: int | Sequence[int] | None = 128,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         c1, c2, c3 = channels
@@ -71,11 +73,12 @@ class SkipCAE(nn.Module):
         self.up1 = _SkipUp(spatial_dims, c3, c2)
         self.up2 = _SkipUp(spatial_dims, c2, c1)
         self.up3 = UpBlock(spatial_dims, c1, c1 // 2)
-        self.head = nn.Sequential(conv(spatial_dims, c1 // 2, out_channels, 3, 1), nn.Sigmoid())
+        self.head = OutputHead(spatial_dims, c1 // 2, out_channels, residual)
+        self.in_channels, self.out_channels, self.residual = in_channels, out_channels, bool(residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.enc1(x)  # BN output, before its ReLU: the skip
         x2 = self.enc2(self.act(x1))
         z = self.enc3(self.act(x2))
         y = self.up2(self.up1(z, x2), x1)
-        return self.head(self.up3(y))
+        return self.head(self.up3(y), x)
