@@ -81,8 +81,9 @@ class BundleHandle:
         raise IndexError(f"subject {subject} has no slice {index} in the {partition} partition")
 
 
-def log_artifacts(paths: Sequence[Path], experiment: str, run_name: str, params: Mapping,
-                  tracking_uri: str | None = None) -> str | None:
+def log_artifacts(
+    paths: Sequence[Path], experiment: str, run_name: str, params: Mapping, tracking_uri: str | None = None
+) -> str | None:
     """Log files to a new MLflow run, say so, and return its id (None without MLflow)."""
     try:
         import mlflow

@@ -38,7 +38,15 @@ from .evaluation import METRICS, slice_metrics
 from .stats import bootstrap_ci, paired_tests
 
 __all__ = [
-    "ModelSpec", "parse_spec", "conditions", "corrupt_all", "train_model", "load_network", "AtTrainingGeometry", "OnWholeVolumes", "evaluate",
+    "ModelSpec",
+    "parse_spec",
+    "conditions",
+    "corrupt_all",
+    "train_model",
+    "load_network",
+    "AtTrainingGeometry",
+    "OnWholeVolumes",
+    "evaluate",
 ]
 
 S4_MODELS = ["res_unet", "shallow_res_ae", "shallow_res_ae:block=original", "skip_cae", "myronenko_ae"]
@@ -212,13 +220,17 @@ class OnWholeVolumes(torch.nn.Module):
 
         self.net, self.size = net, tuple(int(s) for s in size)
         self.volumes = {
-            rec["subject"]: torch.from_numpy(np.asarray(np.load(Path(test_set.root) / rec["image"]), dtype=np.float32))
+            rec["subject"]: torch.from_numpy(
+                np.asarray(np.load(Path(test_set.root) / rec["image"]), dtype=np.float32)
+            )
             for rec in test_set.records
         }
         side = tuple(test_set.images.shape[-2:])
         for sid, vol in self.volumes.items():
             if tuple(vol.shape[1:]) != side:
-                raise InputError(f"{sid}: prepared volume {tuple(vol.shape)} does not hold {side} test slices")
+                raise InputError(
+                    f"{sid}: prepared volume {tuple(vol.shape)} does not hold {side} test slices"
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise TypeError("OnWholeVolumes needs the subjects and slices of its input: call predict()")
@@ -271,7 +283,9 @@ def load_network(root: str | Path, overrides: dict, device: torch.device, test_s
     if int(parser.get_parsed_content("spatial_dims", default=2)) != 2:
         size = parser.get_parsed_content("img_size", default=None)
         if not isinstance(size, (list, tuple)) or len(size) != 3:
-            raise InputError(f"{root}: a 3D bundle needs an 'img_size' of three sides to be scored on whole volumes")
+            raise InputError(
+                f"{root}: a 3D bundle needs an 'img_size' of three sides to be scored on whole volumes"
+            )
         return OnWholeVolumes(net, size, test_set).eval()
     test_side = int(test_set.images.shape[-1])
     ds = parser.get("train#dataset", {})

@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train even when a checkpoint exists")
     p.add_argument("--in-place", action="store_true", help="use bundles/<name>/models/model.pt as trained")
     p.add_argument(
-        "--train-only", action="store_true", help="train (or reuse) the bundles, then stop (evaluate in a later run)"
+        "--train-only",
+        action="store_true",
+        help="train (or reuse) the bundles, then stop (evaluate in a later run)",
     )
     p.add_argument("--kinds", nargs="+", default=list(SEVERITIES), choices=list(SEVERITIES))
     p.add_argument("--levels", nargs="+", type=int, default=[0, 1, 2], choices=[0, 1, 2])
@@ -142,7 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each training is its own process
         trained = list(pool.map(_train, specs))
     for spec, info in zip(specs, trained):
-        print(f"[compare] {spec.label}: {'trained' if info['trained'] else 'reused'} {info['seconds']:.0f} s", flush=True)
+        print(
+            f"[compare] {spec.label}: {'trained' if info['trained'] else 'reused'} {info['seconds']:.0f} s",
+            flush=True,
+        )
     if args.train_only:
         return {"output": str(out), "trained": trained, "run_id": None}
     ds = SliceDataset(datalist, "test", max_slices_per_subject=args.test_max_slices_per_subject)

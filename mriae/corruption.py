@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Corruption", "gaussian_kernel1d"]
+__all__ = ["Corruption", "Augmentation", "gaussian_kernel1d"]
 
 
 def _range(value: float | Sequence[float]) -> tuple[float, float]:
@@ -59,6 +59,9 @@ class Corruption:
         dropout: range of the pixel dropout rate (S4: (0, 0.05)).
         noise_std: range of the Gaussian noise sigma (S4: (0, 0.04)).
         rician_std: range of the Rician noise sigma (off by default).
+        rician_prob: None (Gaussian and Rician noise both applied when their ranges are set), or the
+            probability that an image gets Rician noise INSTEAD of Gaussian noise (a noise-blind
+            denoiser sees both kinds, one per image).
         blankout_prob: probability of one blanked square per image (S4: 0.2).
         blankout_size: [low, high) integer range of the square's side in pixels (S4: (10, 40)).
         blankout_where: ``"anywhere"`` (uniform position, S4) or ``"foreground"`` (centred on a
@@ -81,6 +84,7 @@ class Corruption:
         dropout: float | Sequence[float] = (0.0, 0.05),
         noise_std: float | Sequence[float] = (0.0, 0.04),
         rician_std: float | Sequence[float] = 0.0,
+        rician_prob: float | None = None,
         blankout_prob: float = 0.2,
         blankout_size: Sequence[int] = (10, 40),
         blankout_where: str = "anywhere",
@@ -92,6 +96,9 @@ class Corruption:
         self.dropout = _range(dropout)
         self.noise_std = _range(noise_std)
         self.rician_std = _range(rician_std)
+        if rician_prob is not None and not 0 <= float(rician_prob) <= 1:
+            raise ValueError(f"rician_prob {rician_prob!r} must lie in [0, 1]")
+        self.rician_prob = None if rician_prob is None else float(rician_prob)
         if not 0 <= self.dropout[0] <= self.dropout[1] < 1:
             raise ValueError(f"dropout {dropout!r} must lie in [0, 1)")
         self.blankout_prob = float(blankout_prob)
@@ -125,6 +132,7 @@ class Corruption:
             "dropout": list(self.dropout),
             "noise_std": list(self.noise_std),
             "rician_std": list(self.rician_std),
+            "rician_prob": self.rician_prob,
             "blankout_prob": self.blankout_prob,
             "blankout_size": list(self.blankout_size),
             "blankout_where": self.blankout_where,
@@ -160,10 +168,12 @@ class Corruption:
             rate = self._uniform(self.dropout, b, g, x).view(view)
             keep = torch.rand(x.shape, generator=g, device=x.device, dtype=torch.float32) >= rate
             out = torch.where(keep, out * (1 / (1 - rate)), 0.0)
-        if self.noise_std[1] > 0:
+        if self.rician_prob is not None:
+            out = self._one_noise_per_image(out, b, view, g)
+        elif self.noise_std[1] > 0:
             sigma = self._uniform(self.noise_std, b, g, x).view(view)
             out = torch.addcmul(out, sigma, torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype))
-        if self.rician_std[1] > 0:
+        if self.rician_std[1] > 0 and self.rician_prob is None:
             sigma = self._uniform(self.rician_std, b, g, x).view(view)
             n1 = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
             n2 = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
@@ -178,6 +188,20 @@ class Corruption:
             scale = (cmax - cmin) / (omax - omin).clamp_min(1e-8)
             out = torch.addcmul(cmin - omin * scale, out, scale)  # (out - omin) * scale + cmin
         return out.clone() if out is x else out
+
+    def _one_noise_per_image(
+        self, x: torch.Tensor, b: int, view: tuple, g: torch.Generator | None
+    ) -> torch.Tensor:
+        """Gaussian noise (sigma ~ ``noise_std``) or, with probability ``rician_prob``, Rician noise
+        (sigma ~ ``rician_std``): one kind per image."""
+        rician = (torch.rand(b, generator=g, device=x.device) < self.rician_prob).view(view)
+        s_g = self._uniform(self.noise_std, b, g, x).view(view)
+        s_r = self._uniform(self.rician_std, b, g, x).view(view)
+        n1 = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        n2 = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+        gauss = torch.addcmul(x, s_g, n1)
+        rice = torch.hypot(torch.addcmul(x, s_r, n1), s_r * n2)
+        return torch.where(rician, rice, gauss)
 
     def _blank_mask(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         """Boolean ``(B, 1, *spatial)``: True inside each image's blanked square (cube)."""
@@ -218,3 +242,53 @@ class Corruption:
         pad = (k.numel() - 1) // 2
         conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
         return conv(F.pad(x, [pad] * (2 * nd), mode="reflect"), weight, groups=c)
+
+
+class Augmentation:
+    """Batched, seeded augmentation of CLEAN training images ``(B, C, H, W)`` (before the corruption,
+    so input and target change together), on the device of the batch. Per image: a random flip of
+    each in-plane axis, a random transpose of the plane (square images), a random gamma
+    ``x ** gamma`` with ``log(gamma)`` uniform in ``log(gamma_range)`` and a random intensity scale.
+    Contrast variety is what lets a denoiser trained on one template family leave other contrasts
+    alone (MONAI's ``RandAdjustContrast`` / ``RandFlip`` / ``RandRotate90`` do the same per sample on the CPU).
+    """
+
+    def __init__(
+        self,
+        flip: bool = True,
+        transpose: bool = True,
+        gamma_range: Sequence[float] | None = (0.7, 1.5),
+        scale_range: Sequence[float] | None = (0.85, 1.15),
+    ) -> None:
+        self.flip, self.transpose = bool(flip), bool(transpose)
+        self.gamma_range = None if gamma_range is None else _range(gamma_range)
+        self.scale_range = None if scale_range is None else _range(scale_range)
+        if self.gamma_range is not None and self.gamma_range[0] <= 0:
+            raise ValueError(f"gamma_range {gamma_range!r} must be positive")
+
+    def config(self) -> dict:
+        return {
+            "flip": self.flip,
+            "transpose": self.transpose,
+            "gamma_range": None if self.gamma_range is None else list(self.gamma_range),
+            "scale_range": None if self.scale_range is None else list(self.scale_range),
+        }
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        g, b = generator, x.shape[0]
+        view = (b,) + (1,) * (x.ndim - 1)
+        if self.flip:
+            for dim in (-1, -2):
+                x = torch.where(
+                    (torch.rand(b, generator=g, device=x.device) < 0.5).view(view), x.flip(dim), x
+                )
+        if self.transpose and x.shape[-1] == x.shape[-2]:
+            t = (torch.rand(b, generator=g, device=x.device) < 0.5).view(view)
+            x = torch.where(t, x.transpose(-1, -2), x)
+        if self.gamma_range is not None:
+            lo, hi = (math.log(v) for v in self.gamma_range)
+            gamma = torch.exp(lo + (hi - lo) * torch.rand(b, generator=g, device=x.device)).view(view)
+            x = x.clamp_min(0) ** gamma.to(x.dtype)
+        if self.scale_range is not None:
+            x = x * Corruption._uniform(self.scale_range, b, g, x).view(view)
+        return x.contiguous()

@@ -20,7 +20,14 @@ from .errors import InputError
 from .prepare import prepare, sha256_file
 from .preprocessing import PreprocessConfig
 
-__all__ = ["ensure_datalist", "prepare_demo", "load_datalist", "SliceDataset", "DeviceBatchLoader", "DatalistError"]
+__all__ = [
+    "ensure_datalist",
+    "prepare_demo",
+    "load_datalist",
+    "SliceDataset",
+    "DeviceBatchLoader",
+    "DatalistError",
+]
 
 
 class DatalistError(InputError):
@@ -34,8 +41,9 @@ def prepare_demo(
     cfg: PreprocessConfig | None = None,
     seed: int = 0,
     workers: int = 2,
+    prepared: str = "prepared",
 ) -> Path:
-    """Build (or reuse) the demo cohort in ``root/cohort`` and prepare it into ``root/prepared``."""
+    """Build (or reuse) the demo cohort in ``root/cohort`` and prepare it into ``root/<prepared>``."""
     from .cohort import build_demo_cohort
     from .sources import list_subjects
 
@@ -53,18 +61,30 @@ def prepare_demo(
         "seed": seed,
     }
     return prepare(
-        subjects, root / "prepared", cfg or PreprocessConfig(), seed=seed, workers=workers, source=source
+        subjects, root / prepared, cfg or PreprocessConfig(), seed=seed, workers=workers, source=source
     )
 
 
-def ensure_datalist(dataset_dir: str | Path, **demo_kwargs) -> str:
-    """Path of the datalist for ``dataset_dir``; builds the demo on first use (see module doc)."""
+def ensure_datalist(
+    dataset_dir: str | Path, plan: Mapping | PreprocessConfig | None = None, **demo_kwargs
+) -> str:
+    """Path of the datalist for ``dataset_dir``; builds the demo on first use (see module doc).
+
+    ``plan`` is the plan the demo is prepared with (S4's when None: ``demo/prepared``; any other one
+    in ``demo/prepared-<key>``). A folder the user prepared brings its own plan, which is what a
+    model trained on it records."""
+    from .plan import plan_config, plan_key
+
     d = Path(dataset_dir).resolve()
-    for cand in (d / "datalist.json", d / "prepared" / "datalist.json"):
-        if cand.is_file():
-            return str(cand)
+    cfg = plan_config(plan)
+    sub = "prepared" if cfg == PreprocessConfig() else f"prepared-{plan_key(cfg)}"
+    if (d / "datalist.json").is_file():
+        return str(d / "datalist.json")
     if d.name == "demo":
-        return str(prepare_demo(d, **demo_kwargs))
+        cand = d / sub / "datalist.json"
+        return str(cand) if cand.is_file() else str(prepare_demo(d, cfg=cfg, prepared=sub, **demo_kwargs))
+    if (d / "prepared" / "datalist.json").is_file():
+        return str(d / "prepared" / "datalist.json")
     raise DatalistError(
         f"{d}: no datalist.json; run `python -m mriae.prepare --source ... --output {d}` first"
     )
@@ -88,6 +108,13 @@ def load_datalist(path: str | Path, verify: bool = True, expect: Mapping | None 
         if got != v and not (isinstance(v, (list, tuple)) and list(v) == got):
             raise DatalistError(f"{path}: data prepared with {k}={got}, this bundle expects {k}={v}")
     if verify:
+        from .split import split_checksum
+
+        parts = {p: [r["subject"] for r in dl[p]] for p in ("training", "validation", "test")}
+        if split_checksum(parts) != dl["split"].get("checksum"):
+            raise DatalistError(
+                f"{path}: the partitions do not match the recorded split checksum (datalist edited; re-run prepare)"
+            )
         for part in ("training", "validation", "test"):
             for rec in dl[part]:
                 f = path.parent / rec["image"]
@@ -166,7 +193,6 @@ class SliceDataset(IndexedSlices):
         self.preprocessing = dl["preprocessing"]
 
 
-
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,6 +226,11 @@ class DeviceBatchLoader:
     over the dataset with the same order would (the values are identical: tests check it). ``subject``
     / ``slice`` are only attached when ``with_ids`` (evaluation needs them; training does not).
 
+    A dataset with ``to_device`` (``mriae.slice_stacks.SliceStackDataset``) gathers its own batches
+    (stacks of ``2k + 1`` neighbouring slices, random crops); the target is then the centre slice.
+    ``augmentation`` (a :class:`mriae.corruption.Augmentation`) changes the clean batch before the
+    corruption, from the same generator.
+
     With ``corruption`` (a :class:`mriae.corruption.Corruption`) a batch is ``{"image": corrupted,
     "label": clean}``, corrupted on the device with its own generator seeded by ``corruption_seed``
     (None: the global RNG); ``channels_last`` lays the corrupted 2D batch out for a channels_last
@@ -225,16 +256,30 @@ class DeviceBatchLoader:
         channels_last: bool = False,
         prefetch: int = 0,
         cuda_graph: bool = False,
+        augmentation=None,
     ) -> None:
         self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), shuffle
         self.device = torch.device(device)
         self.drop_last, self.with_ids = drop_last, with_ids
-        self.images = dataset.images.to(self.device, dtype=torch.float16)
+        if hasattr(dataset, "to_device"):  # slice stacks: gathered (with crops) by the dataset's own gather
+            self._gather = dataset.to_device(self.device)
+            self.context = int(dataset.context)
+        else:
+            images = dataset.images.to(self.device, dtype=torch.float16)
+            self._gather = lambda idx, g=None: images.index_select(0, idx).float()
+            self.context = 0
+        self.augmentation = augmentation
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._slices = torch.tensor([z for _, z in dataset.index], device=self.device)
-        self.corruption, self.channels_last, self.prefetch = corruption, bool(channels_last), int(prefetch or 0)
+        self.corruption, self.channels_last, self.prefetch = (
+            corruption,
+            bool(channels_last),
+            int(prefetch or 0),
+        )
         self.corruption_generator = (
-            None if corruption_seed is None else torch.Generator(device=self.device).manual_seed(int(corruption_seed))
+            None
+            if corruption_seed is None
+            else torch.Generator(device=self.device).manual_seed(int(corruption_seed))
         )
         self.cuda_graph = bool(cuda_graph) and corruption is not None
         if self.cuda_graph and self.device.type != "cuda":
@@ -269,7 +314,7 @@ class DeviceBatchLoader:
                 x, clean = self._corrupted(idx, self.corruption_generator)
                 batch = {"image": x, "label": clean}
             else:
-                batch = {"image": self.images.index_select(0, idx).float()}
+                batch = {"image": self._gather(idx, self.corruption_generator)}
             if self.with_ids:
                 ids = idx.tolist()
                 batch["subject"] = [self.dataset.index[i][0] for i in ids]
@@ -277,11 +322,16 @@ class DeviceBatchLoader:
             yield batch
 
     def _corrupted(self, idx: torch.Tensor, g: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(corrupted, clean)`` for the items ``idx``: gather, cast, corruption, layout (eager or captured)."""
-        clean = self.images.index_select(0, idx).float()
+        """``(corrupted, clean target)`` for the items ``idx``: gather, cast, augmentation, corruption,
+        layout (eager or captured). With context slices the target is the clean centre slice."""
+        clean = self._gather(idx, g)
+        if self.augmentation is not None:
+            clean = self.augmentation(clean, generator=g)
         x = self.corruption(clean, generator=g)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.context:
+            clean = clean[:, self.context : self.context + 1].contiguous()
         return x, clean
 
 
@@ -293,9 +343,11 @@ class _GraphedBatch:
     from it as the eager kernels would, and it is re-seeded after the capture: the batches are those
     of the eager path (tests/test_fast_path.py checks it on a GPU)."""
 
-    def __init__(self, loader: "DeviceBatchLoader") -> None:
+    def __init__(self, loader: DeviceBatchLoader) -> None:
         if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
-            raise RuntimeError(f"cuda_graph needs torch >= 2.5 (graph-safe generators); this is {torch.__version__}")
+            raise RuntimeError(
+                f"cuda_graph needs torch >= 2.5 (graph-safe generators); this is {torch.__version__}"
+            )
         dev, g = loader.device, loader.corruption_generator
         self.idx = torch.zeros(loader.batch_size, dtype=torch.long, device=dev)
         side = torch.cuda.Stream(dev)

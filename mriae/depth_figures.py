@@ -21,8 +21,9 @@ __all__ = ["DepthFigures", "depth_figure"]
 logger = logging.getLogger("mriae.depth_figures")
 
 
-def depth_figure(volume: np.ndarray, recon: np.ndarray, path: str | Path, title: str = "", n_depths: int = 6,
-                 axis: int = 0) -> Path:
+def depth_figure(
+    volume: np.ndarray, recon: np.ndarray, path: str | Path, title: str = "", n_depths: int = 6, axis: int = 0
+) -> Path:
     """Rows input / reconstruction, columns ``n_depths`` slices along ``axis`` of (D, H, W) arrays."""
     from .reports import _save, plt
 
@@ -81,8 +82,14 @@ class DepthFigures:
         self.network.train(was_training)
         epoch = engine.state.epoch
         path = self.output_dir / "depth_figures" / f"recon_epoch_{epoch:03d}.png"
-        depth_figure(x[0, 0].cpu().numpy(), y[0, 0].cpu().numpy(), path,
-                     f"{item.get('subject', '')}, epoch {epoch}", self.n_depths, self.axis)
+        depth_figure(
+            x[0, 0].cpu().numpy(),
+            y[0, 0].cpu().numpy(),
+            path,
+            f"{item.get('subject', '')}, epoch {epoch}",
+            self.n_depths,
+            self.axis,
+        )
         self.written.append(path)
         if self.tracking_uri and self.run_name:
             self._log(path)
@@ -96,8 +103,9 @@ class DepthFigures:
         exp = client.get_experiment_by_name(self.experiment_name or "")
         if exp is None:
             return
-        runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{self.run_name}'",
-                                  max_results=1)
+        runs = client.search_runs(
+            [exp.experiment_id], filter_string=f"attributes.run_name = '{self.run_name}'", max_results=1
+        )
         if runs:
             client.log_artifact(runs[0].info.run_id, str(path), "depth_figures")
         else:

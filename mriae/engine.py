@@ -50,7 +50,11 @@ class CorruptedBatch:
     """``prepare_batch(batchdata, device, non_blocking) -> (corrupted input, clean target)``."""
 
     def __init__(
-        self, corruption: Corruption | None, key: str = "image", seed: int | None = None, channels_last: bool = False
+        self,
+        corruption: Corruption | None,
+        key: str = "image",
+        seed: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.corruption, self.key, self.seed, self.channels_last = corruption, key, seed, channels_last
         self._gen: torch.Generator | None = None
@@ -65,11 +69,20 @@ class CorruptedBatch:
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
         if isinstance(batchdata, Mapping) and "label" in batchdata:  # corrupted by the loader already
             if self.corruption is not None:
-                raise ValueError("CorruptedBatch: the batch is already corrupted (it has a 'label'); pass corruption=None")
-            return tuple(torch.as_tensor(batchdata[k]).to(device=device, non_blocking=non_blocking) for k in (self.key, "label"))
+                raise ValueError(
+                    "CorruptedBatch: the batch is already corrupted (it has a 'label'); pass corruption=None"
+                )
+            return tuple(
+                torch.as_tensor(batchdata[k]).to(device=device, non_blocking=non_blocking)
+                for k in (self.key, "label")
+            )
         clean = batchdata[self.key] if isinstance(batchdata, Mapping) else batchdata
         clean = torch.as_tensor(clean).to(device=device, non_blocking=non_blocking)
-        x = clean if self.corruption is None else self.corruption(clean, generator=self._generator(clean.device))
+        x = (
+            clean
+            if self.corruption is None
+            else self.corruption(clean, generator=self._generator(clean.device))
+        )
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, clean
@@ -79,7 +92,8 @@ class ReconstructionEvaluator(SupervisedEvaluator):
     """Evaluate reconstruction of clean AND corrupted inputs in one pass over the data.
 
     ``conditions`` maps a name to a ``Corruption`` (e.g. ``{"corrupted": Corruption()}``); the clean
-    input is always evaluated as ``"clean"``. Output keys per iteration: ``label`` (clean target),
+    input is always evaluated as ``"clean"``. With ``context`` k the batch holds stacks of ``2k + 1``
+    neighbouring slices: all of them are corrupted, the target is the clean centre slice. Output keys per iteration: ``label`` (clean target),
     ``pred`` (reconstruction of the clean input), ``input_<name>`` and ``pred_<name>`` for each
     condition, plus ``subject`` and ``slice`` from the batch. The corruption generator is reseeded at
     every run, so every epoch validates on exactly the same corrupted images.
@@ -90,11 +104,13 @@ class ReconstructionEvaluator(SupervisedEvaluator):
         *args,
         conditions: Mapping[str, Corruption] | None = None,
         corruption_seed: int = 12345,
+        context: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.conditions = dict(conditions or {})
         self.corruption_seed = corruption_seed
+        self.context = int(context)
         self._cgen: torch.Generator | None = None
         self.add_event_handler(Events.STARTED, self._reseed)
 
@@ -107,8 +123,11 @@ class ReconstructionEvaluator(SupervisedEvaluator):
             self._cgen = torch.Generator(device=clean.device).manual_seed(self.corruption_seed)
         inputs = {"clean": clean}
         for name, corruption in self.conditions.items():
-            inputs[name] = corruption(clean, generator=self._cgen)
-        out = {CommonKeys.IMAGE: clean, CommonKeys.LABEL: clean}
+            inputs[name] = corruption(clean, generator=self._cgen)  # every context slice is corrupted
+        k = self.context
+        centre = (lambda t: t[:, k : k + 1]) if k else (lambda t: t)
+        target = centre(clean)
+        out = {CommonKeys.IMAGE: target, CommonKeys.LABEL: target}
         engine.network.eval()
         amp = {"enabled": bool(engine.amp), **(engine.amp_kwargs or {})}
         with torch.no_grad(), torch.autocast(device_type=clean.device.type, **amp):
@@ -117,7 +136,7 @@ class ReconstructionEvaluator(SupervisedEvaluator):
                 if name == "clean":
                     out[CommonKeys.PRED] = pred
                 else:
-                    out[f"input_{name}"] = x
+                    out[f"input_{name}"] = centre(x)
                     out[f"pred_{name}"] = pred
         out["subject"] = batchdata.get("subject")
         out["slice"] = batchdata.get("slice")

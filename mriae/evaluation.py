@@ -4,7 +4,8 @@
 it computes MSE, DSSIM, PSNR (data range 1) and SSIM (window 11, sigma 1.5, k1 0.01, k2 0.03: S4's
 settings) of the reconstruction, and of the corrupted input itself (what doing nothing scores).
 At the end of a run the means go into ``engine.state.metrics`` (``<prefix><condition>_<metric>``,
-``<prefix><condition>_input_<metric>``, ``<prefix>loss``) for checkpointing, early stopping and
+``<prefix><condition>_input_<metric>``, ``<prefix>loss``: the loss on the ``loss_condition``
+input, clean by default, the corrupted one for a denoiser) for checkpointing, early stopping and
 MLflow; with ``output_dir`` it also writes ``per_slice.csv``, ``per_subject.csv``,
 ``summary.csv`` / ``summary.json`` (mean and std) and one figure per case.
 """
@@ -54,8 +55,9 @@ class ReconstructionMetrics:
         figure_slices: Mapping[str, int] | None = None,
         spatial_dims: int = 2,
         print_summary: bool = False,
+        loss_condition: str = "clean",
     ) -> None:
-        self.prefix, self.loss_fn = prefix, loss_fn
+        self.prefix, self.loss_fn, self.loss_condition = prefix, loss_fn, loss_condition
         self.output_dir = Path(output_dir) if output_dir else None
         self.figure_slices = dict(figure_slices or {})
         self.print_summary = print_summary
@@ -82,7 +84,8 @@ class ReconstructionMetrics:
         subjects = list(out.get("subject") or [""] * n)
         slices = [int(s) for s in (out.get("slice") if out.get("slice") is not None else [-1] * n)]
         if self.loss_fn is not None:
-            self._loss_sum += float(self.loss_fn(out["pred"].float(), target.float())) * n
+            pred = out["pred"] if self.loss_condition == "clean" else out[f"pred_{self.loss_condition}"]
+            self._loss_sum += float(self.loss_fn(pred.float(), target.float())) * n
             self._loss_n += n
         conds = ["clean"] + [k[len("pred_") :] for k in out if k.startswith("pred_")]
         for cond in conds:

@@ -46,11 +46,19 @@ logger = logging.getLogger("mriae.sweep")
 
 def find_space(bundle_root: str | Path, space: str | Path | None = None) -> Path:
     """The space file: ``space`` if given, else the bundle's, else the repository default."""
-    for cand in ([Path(space)] if space else [Path(bundle_root) / "configs" / "sweep_space.json",
-                                                 repo_root() / "configs" / "sweep_space.json"]):
+    for cand in (
+        [Path(space)]
+        if space
+        else [
+            Path(bundle_root) / "configs" / "sweep_space.json",
+            repo_root() / "configs" / "sweep_space.json",
+        ]
+    ):
         if cand.is_file():
             return cand
-    raise MissingFileError(f"{space or Path(bundle_root) / 'configs' / 'sweep_space.json'}: sweep space not found")
+    raise MissingFileError(
+        f"{space or Path(bundle_root) / 'configs' / 'sweep_space.json'}: sweep space not found"
+    )
 
 
 def load_space(path: str | Path, config: Mapping | None = None) -> dict[str, dict]:
@@ -93,10 +101,16 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Mapping]) -> dict[str, obje
     for name, spec in space.items():
         if "choices" in spec:
             v = trial.suggest_categorical(name, list(spec["choices"]))
-        elif all(isinstance(spec[k], int) for k in ("low", "high")) and not isinstance(spec.get("step", 1), float):
-            v = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))
+        elif all(isinstance(spec[k], int) for k in ("low", "high")) and not isinstance(
+            spec.get("step", 1), float
+        ):
+            v = trial.suggest_int(
+                name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False)
+            )
         else:
-            v = trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False))
+            v = trial.suggest_float(
+                name, spec["low"], spec["high"], step=spec.get("step"), log=spec.get("log", False)
+            )
         out[spec["key"]] = v
     return out
 
@@ -152,7 +166,11 @@ class _Tracker:
         mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
         mlflow.set_experiment(experiment)
         parent = study.user_attrs.get("mlflow_parent_run_id")
-        run = mlflow.start_run(run_id=parent) if parent else mlflow.start_run(run_name=f"{study.study_name}-sweep")
+        run = (
+            mlflow.start_run(run_id=parent)
+            if parent
+            else mlflow.start_run(run_name=f"{study.study_name}-sweep")
+        )
         if not parent:
             study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
         self.mlflow, self.parent = mlflow, run
@@ -180,7 +198,9 @@ class _Tracker:
         if self.mlflow is None:
             return
         if best:
-            self.mlflow.set_tags({f"best.{k}": str(v) for k, v in best["overrides"].items()})  # tags: a resume may change them
+            self.mlflow.set_tags(
+                {f"best.{k}": str(v) for k, v in best["overrides"].items()}
+            )  # tags: a resume may change them
             self.mlflow.set_tag("best.trial", str(best["number"]))
             self.mlflow.log_metric("best_val_loss", best["value"])
         self.mlflow.end_run()
@@ -217,9 +237,14 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     space_file = find_space(root, space)
     spec = load_space(space_file, cfg)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}", heartbeat_interval=60, grace_period=120)
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{out / 'study.db'}", heartbeat_interval=60, grace_period=120
+    )
     study = optuna.create_study(
-        study_name=study_name or f"{name}-sweep", storage=storage, direction="minimize", load_if_exists=True,
+        study_name=study_name or f"{name}-sweep",
+        storage=storage,
+        direction="minimize",
+        load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(n_startup_trials, 10)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
     )
@@ -257,8 +282,12 @@ def run_sweep(
     remaining = n_trials - len(study.get_trials(deepcopy=False, states=done))
     try:
         if remaining > 0:
-            study.optimize(objective, n_trials=remaining, catch=(),
-                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done)])
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                catch=(),
+                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done)],
+            )
     finally:
         best = _write_results(study, spec, out)
         tracker.close(best)
@@ -268,8 +297,16 @@ def run_sweep(
 def _write_results(study, spec: Mapping, out: Path) -> dict | None:
     from .data import atomic_write_text
 
-    rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-             "val_loss_per_epoch": t.user_attrs.get("history")} for t in study.trials]
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            "val_loss_per_epoch": t.user_attrs.get("history"),
+        }
+        for t in study.trials
+    ]
     atomic_write_text(out / "trials.json", json.dumps(rows, indent=2))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
@@ -284,18 +321,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mriae.sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/ae_2d")
     ap.add_argument("--trials", type=int, default=20, help="total trials (complete + pruned), across resumes")
-    ap.add_argument("--space", help="search space JSON (default: <bundle>/configs/sweep_space.json, "
-                                    "else configs/sweep_space.json)")
+    ap.add_argument(
+        "--space",
+        help="search space JSON (default: <bundle>/configs/sweep_space.json, else configs/sweep_space.json)",
+    )
     ap.add_argument("--out", help="study folder (default <bundle>/sweep)")
     ap.add_argument("--config_file", action="append", default=[], help="extra config merged after train.json")
-    ap.add_argument("--set", action="append", default=[], metavar="ID=JSON",
-                    help="fixed override for every trial, e.g. --set dataset_dir='\"data/ixi\"' --set max_slices_per_subject=8")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ID=JSON",
+        help="fixed override for every trial, e.g. --set dataset_dir='\"data/ixi\"' --set max_slices_per_subject=8",
+    )
     ap.add_argument("--study_name")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--startup_trials", type=int, default=5, help="MedianPruner: trials before pruning starts")
-    ap.add_argument("--warmup_epochs", type=int, default=2, help="MedianPruner: epochs before a trial can be pruned")
-    ap.add_argument("--enqueue", action="append", default=[], metavar="JSON",
-                    help='parameters to try first in a new study, e.g. \'{"learning_rate": 0.0005}\'')
+    ap.add_argument(
+        "--startup_trials", type=int, default=5, help="MedianPruner: trials before pruning starts"
+    )
+    ap.add_argument(
+        "--warmup_epochs", type=int, default=2, help="MedianPruner: epochs before a trial can be pruned"
+    )
+    ap.add_argument(
+        "--enqueue",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="parameters to try first in a new study, e.g. '{\"learning_rate\": 0.0005}'",
+    )
     ap.add_argument("--tracking_uri")
     ap.add_argument("--no-mlflow", action="store_true")
     a = ap.parse_args(argv)
@@ -306,14 +359,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             fixed[key] = json.loads(val)
         except json.JSONDecodeError:
             fixed[key] = val
-    res = run_sweep(a.bundle, a.trials, a.out, a.space, a.config_file, fixed, a.study_name, a.seed,
-                    a.startup_trials, a.warmup_epochs, not a.no_mlflow, a.tracking_uri,
-                    [json.loads(e) for e in a.enqueue])
+    res = run_sweep(
+        a.bundle,
+        a.trials,
+        a.out,
+        a.space,
+        a.config_file,
+        fixed,
+        a.study_name,
+        a.seed,
+        a.startup_trials,
+        a.warmup_epochs,
+        not a.no_mlflow,
+        a.tracking_uri,
+        [json.loads(e) for e in a.enqueue],
+    )
     st = res["study"]
     counts = {s.name: len(st.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
-    print(json.dumps({"trials": {k: v for k, v in counts.items() if v}, "best": res["best"],
-                      "best_overrides": str(res["out_dir"] / "best_overrides.json") if res["best"] else None},
-                     indent=2, default=str))
+    print(
+        json.dumps(
+            {
+                "trials": {k: v for k, v in counts.items() if v},
+                "best": res["best"],
+                "best_overrides": str(res["out_dir"] / "best_overrides.json") if res["best"] else None,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return 0
 
 

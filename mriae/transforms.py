@@ -17,7 +17,15 @@ from monai.transforms import MapTransform
 from .errors import InputError, MissingFileError
 from .preprocessing import robust_scale
 
-__all__ = ["LoadVolumed", "RobustScaled", "UnscaleIntensityd", "Residuald", "list_inputs"]
+__all__ = [
+    "LoadVolumed",
+    "RobustScaled",
+    "UnscaleIntensityd",
+    "Residuald",
+    "Deltad",
+    "ApplyDeltad",
+    "list_inputs",
+]
 
 
 def list_inputs(input_path: str | Path) -> list[dict]:
@@ -56,15 +64,21 @@ class LoadVolumed(MapTransform):
 class RobustScaled(MapTransform):
     """Percentile scaling to [0, 1] as in prepare; records the bounds in the image's meta."""
 
-    def __init__(self, keys: KeysCollection = "image", lower: float = 0.5, upper: float = 99.5) -> None:
+    def __init__(
+        self, keys: KeysCollection = "image", lower: float = 0.5, upper: float = 99.5, clip: bool = True
+    ) -> None:
         super().__init__(keys)
-        self.lower, self.upper = lower, upper
+        self.lower, self.upper, self.clip = lower, upper, clip
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for k in self.key_iterator(d):
             img = d[k]
-            scaled, lo, hi = robust_scale(torch.as_tensor(img)[0], self.lower, self.upper)
+            try:
+                scaled, lo, hi = robust_scale(torch.as_tensor(img)[0], self.lower, self.upper, self.clip)
+            except InputError as e:
+                name = getattr(img, "meta", {}).get("filename_or_obj", "input")
+                raise InputError(f"{name}: {e}") from None
             out = scaled[None]
             if isinstance(img, MetaTensor):
                 out = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations))
@@ -104,4 +118,68 @@ class UnscaleIntensityd(MapTransform):
             return d
         for k in self.key_iterator(d):
             d[k] = d[k] * (float(hi) - float(lo)) + float(lo)
+        return d
+
+
+class Deltad(MapTransform):
+    """``delta = pred - image``: what the network changed, in the scaled space on the network's grid
+    (signed), stored under ``delta_key`` with ``image``'s meta so that ``Invertd`` maps it back."""
+
+    def __init__(
+        self, keys: KeysCollection = "pred", image_key: str = "image", delta_key: str = "delta"
+    ) -> None:
+        super().__init__(keys)
+        self.image_key, self.delta_key = image_key, delta_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for k in self.key_iterator(d):
+            img = d[self.image_key]
+            delta = torch.as_tensor(d[k]).to(torch.as_tensor(img).device) - torch.as_tensor(img)
+            if isinstance(img, MetaTensor):
+                delta = MetaTensor(
+                    delta, meta=dict(img.meta), applied_operations=list(img.applied_operations)
+                )
+            d[self.delta_key] = delta
+        return d
+
+
+class ApplyDeltad(MapTransform):
+    """The output on the input's own grid and in its units: ``output = input + delta * (high - low)``
+    (the change, inverted onto the input's grid, rescaled by the bounds ``RobustScaled`` recorded),
+    and ``residual = input - output`` (what the network removed). An unchanged input comes back bit
+    for bit. Refuses to write a non-finite output (NaN weights, say)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection = "delta",
+        input_key: str = "input",
+        meta_from: str = "image",
+        output_key: str = "pred",
+        residual_key: str = "residual",
+    ) -> None:
+        super().__init__(keys)
+        self.input_key, self.meta_from = input_key, meta_from
+        self.output_key, self.residual_key = output_key, residual_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        meta = getattr(d[self.meta_from], "meta", {})
+        lo, hi = float(meta["intensity_low"]), float(meta["intensity_high"])
+        src = d[self.input_key]
+        for k in self.key_iterator(d):
+            delta = torch.as_tensor(d[k]).to(torch.as_tensor(src).device, torch.float32)
+            if delta.shape != src.shape:
+                raise ValueError(f"change {tuple(delta.shape)} is not on the input's grid {tuple(src.shape)}")
+            out = torch.as_tensor(src) + delta * (hi - lo)
+            if not torch.isfinite(out).all():
+                name = meta.get("filename_or_obj", "input")
+                raise InputError(
+                    f"{name}: the network's output is not finite (broken weights?); nothing written"
+                )
+            residual = torch.as_tensor(src) - out
+            if isinstance(src, MetaTensor):
+                out = MetaTensor(out, meta=dict(src.meta))
+                residual = MetaTensor(residual, meta=dict(src.meta))
+            d[self.output_key], d[self.residual_key] = out, residual
         return d

@@ -49,8 +49,13 @@ def interpolate(net: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, steps: i
     return net.decode((1 - t) * za + t * zb).float().cpu()
 
 
-def grid_figure(images: torch.Tensor, path: str | Path, title: str = "", ncols: int = 8,
-                labels: Sequence[str] | None = None) -> Path:
+def grid_figure(
+    images: torch.Tensor,
+    path: str | Path,
+    title: str = "",
+    ncols: int = 8,
+    labels: Sequence[str] | None = None,
+) -> Path:
     from .reports import _save, plt
 
     n = images.shape[0]
@@ -84,8 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--n", type=int, default=16)
             p.add_argument("--seed", type=int, default=0)
         else:
-            p.add_argument("--slices", type=int, nargs=2, required=True, metavar=("A", "B"),
-                           help="two item indices of the partition")
+            p.add_argument(
+                "--slices",
+                type=int,
+                nargs=2,
+                required=True,
+                metavar=("A", "B"),
+                help="two item indices of the partition",
+            )
             p.add_argument("--partition", default="test", choices=("training", "validation", "test"))
             p.add_argument("--steps", type=int, default=8)
             p.add_argument("--dataset_dir", help="prepared data folder (default: the bundle's)")
@@ -99,21 +110,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.cmd == "sample":
         imgs = sample(net, a.n, a.seed)
         stem, params = f"samples_seed{a.seed}", {"n": a.n, "seed": a.seed}
-        fig = grid_figure(imgs, out / f"{stem}.png", f"{h.name}: {a.n} samples from the prior (seed {a.seed})")
+        fig = grid_figure(
+            imgs, out / f"{stem}.png", f"{h.name}: {a.n} samples from the prior (seed {a.seed})"
+        )
     else:
         ds = h.dataset(a.partition)
         ia, ib = (ds[i] for i in a.slices)
         imgs = interpolate(net, ia["image"], ib["image"], a.steps)
         stem = f"interp_{ia['subject']}_{int(ia['slice'])}_{ib['subject']}_{int(ib['slice'])}"
-        params = {"a": f"{ia['subject']}:{int(ia['slice'])}", "b": f"{ib['subject']}:{int(ib['slice'])}",
-                  "steps": a.steps}
+        params = {
+            "a": f"{ia['subject']}:{int(ia['slice'])}",
+            "b": f"{ib['subject']}:{int(ib['slice'])}",
+            "steps": a.steps,
+        }
         labels = [f"t={t:.2f}" for t in np.linspace(0, 1, a.steps)]
-        fig = grid_figure(imgs, out / f"{stem}.png", f"{h.name}: {params['a']} -> {params['b']}", labels=labels)
+        fig = grid_figure(
+            imgs, out / f"{stem}.png", f"{h.name}: {params['a']} -> {params['b']}", labels=labels
+        )
     npy = out / f"{stem}.npy"
     np.save(npy, imgs.numpy())
     print(f"wrote {fig} and {npy} {tuple(imgs.shape)}")
     if not a.no_mlflow:
-        log_artifacts([fig, npy], h.name, f"{h.name}-{a.cmd}", {**params, "checkpoint": str(h.ckpt)}, a.tracking_uri)
+        log_artifacts(
+            [fig, npy], h.name, f"{h.name}-{a.cmd}", {**params, "checkpoint": str(h.ckpt)}, a.tracking_uri
+        )
     return 0
 
 

@@ -25,7 +25,9 @@ from .bundle_tools import BundleHandle, log_artifacts, parse_sets
 __all__ = ["feature_maps", "feature_figure", "main"]
 
 
-def feature_maps(net: torch.nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor]:
+def feature_maps(
+    net: torch.nn.Module, x: torch.Tensor
+) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor]:
     """``([(stage name, output (C, *spatial)), ...], reconstruction)`` for one input ``x`` (1, C, *spatial)."""
     stages = []
     for part in ("encoder", "decoder"):
@@ -34,8 +36,10 @@ def feature_maps(net: torch.nn.Module, x: torch.Tensor) -> tuple[list[tuple[str,
             raise TypeError(f"{type(net).__name__} has no nn.Sequential '{part}' of stages to visualise")
         stages += [(f"{part}.{i}", m) for i, m in enumerate(seq)]
     maps: list[tuple[str, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o, n=name: maps.append((n, o[0].detach().float().cpu())))
-             for name, m in stages]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o, n=name: maps.append((n, o[0].detach().float().cpu())))
+        for name, m in stages
+    ]
     try:
         with torch.no_grad():
             y = net(x)
@@ -53,8 +57,14 @@ def _plane(t: torch.Tensor) -> np.ndarray:
     return a
 
 
-def feature_figure(x: torch.Tensor, maps: Sequence[tuple[str, torch.Tensor]], recon: torch.Tensor,
-                   path: str | Path, title: str = "", channels: int = 8) -> Path:
+def feature_figure(
+    x: torch.Tensor,
+    maps: Sequence[tuple[str, torch.Tensor]],
+    recon: torch.Tensor,
+    path: str | Path,
+    title: str = "",
+    channels: int = 8,
+) -> Path:
     from .reports import _save, plt
 
     rows = len(maps) + 2
@@ -78,8 +88,12 @@ def feature_figure(x: torch.Tensor, maps: Sequence[tuple[str, torch.Tensor]], re
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mriae.visualize", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/ae_2d")
-    ap.add_argument("--slice", type=int, required=True,
-                    help="item index in the partition, or the slice number of --subject")
+    ap.add_argument(
+        "--slice",
+        type=int,
+        required=True,
+        help="item index in the partition, or the slice number of --subject",
+    )
     ap.add_argument("--subject", help="pick the slice of this subject (slice number as in the data)")
     ap.add_argument("--partition", default="test", choices=("training", "validation", "test"))
     ap.add_argument("--channels", type=int, default=8, help="channels shown per stage")
@@ -100,17 +114,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     maps, recon = feature_maps(net, x)
     out = Path(a.out or h.root / "outputs" / "visualize")
     stem = f"features_{item['subject']}_{int(item['slice'])}"
-    fig = feature_figure(x, maps, recon, out / f"{stem}.png",
-                         f"{h.name}: {item['subject']} slice {int(item['slice'])}", a.channels)
+    fig = feature_figure(
+        x,
+        maps,
+        recon,
+        out / f"{stem}.png",
+        f"{h.name}: {item['subject']} slice {int(item['slice'])}",
+        a.channels,
+    )
     npz = out / f"{stem}.npz"
-    np.savez_compressed(npz, **{n: m.numpy() for n, m in maps}, input=x[0].numpy(), reconstruction=recon.numpy())
+    np.savez_compressed(
+        npz, **{n: m.numpy() for n, m in maps}, input=x[0].numpy(), reconstruction=recon.numpy()
+    )
     print(f"wrote {fig}")
     for n, m in maps:
         print(f"  {n:<12} {tuple(m.shape)}")
     if not a.no_mlflow:
-        log_artifacts([fig, npz], h.name, f"{h.name}-visualize-{stem}",
-                      {"subject": item["subject"], "slice": int(item["slice"]), "checkpoint": str(h.ckpt)},
-                      a.tracking_uri)
+        log_artifacts(
+            [fig, npz],
+            h.name,
+            f"{h.name}-visualize-{stem}",
+            {"subject": item["subject"], "slice": int(item["slice"]), "checkpoint": str(h.ckpt)},
+            a.tracking_uri,
+        )
     return 0
 
 

@@ -58,7 +58,9 @@ class VolumeDataset(torch.utils.data.Dataset):
             vols.append(torch.as_tensor(resize(vol)).clamp_(0, 1).float())
         self.images = torch.stack(vols)
         self.subjects = [rec["subject"] for rec in recs]
-        self.index = [(sid, -1) for sid in self.subjects]  # (subject, slice) as SliceDataset: DeviceBatchLoader
+        self.index = [
+            (sid, -1) for sid in self.subjects
+        ]  # (subject, slice) as SliceDataset: DeviceBatchLoader
         self.preprocessing = dl["preprocessing"]
 
     def __len__(self) -> int:
@@ -118,4 +120,3 @@ class CoronalSlabDataset(IndexedSlices):
         self.images = ((imgs - lo) / max(hi - lo, 1e-8)).clamp_(0, 1)
         self.index = index
         self.preprocessing = dl["preprocessing"]
-

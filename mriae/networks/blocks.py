@@ -8,6 +8,9 @@ validates with statistics that are still mostly their initial values. ``same`` 3
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from monai.networks.layers import Conv, Norm
 from torch import nn
@@ -21,6 +24,26 @@ __all__ = [
     "OutputHead",
     "RES_BLOCKS",
 ]
+
+
+def records_init_args(cls: type) -> type:
+    """Class decorator: instances keep their constructor's arguments (defaults filled in) as
+    ``init_args``, so a checkpoint's side file can say exactly which network its weights fit
+    (``mriae.plan``) and inference can refuse weights made for another one."""
+    init = cls.__init__
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(self, *args, **kwargs)
+        self.init_args = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in bound.arguments.items() if k != "self"
+        }
+
+    cls.__init__ = wrapped
+    return cls
 
 
 def conv(spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:

@@ -23,7 +23,7 @@ import torch
 from monai.networks.layers import Dropout
 from torch import nn
 
-from .blocks import FullPreActResBlock, OutputHead, UpBlock, conv
+from .blocks import FullPreActResBlock, OutputHead, UpBlock, conv, records_init_args
 
 __all__ = ["MyronenkoAE", "GreenBlock"]
 
@@ -36,6 +36,7 @@ class GreenBlock(FullPreActResBlock):
         self.shortcut = conv(spatial_dims, in_ch, out_ch, 1, stride)
 
 
+@records_init_args
 class MyronenkoAE(nn.Module):
     """Myronenko-encoder autoencoder.
 

@@ -29,11 +29,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import RES_BLOCKS, OutputHead, UpBlock, conv
+from .blocks import RES_BLOCKS, OutputHead, UpBlock, conv, records_init_args
 
 __all__ = ["ResUNetAE"]
 
 
+@records_init_args
 class ResUNetAE(nn.Module):
     """Residual U-Net autoencoder (``skip=True``) or shallow residual autoencoder (``skip=False``).
 

@@ -23,7 +23,7 @@ import torch
 from monai.networks.layers import Conv
 from torch import nn
 
-from .blocks import OutputHead, UpBlock, batch_norm, conv
+from .blocks import OutputHead, UpBlock, batch_norm, conv, records_init_args
 
 __all__ = ["SkipCAE"]
 
@@ -41,6 +41,7 @@ class _SkipUp(nn.Module):
         return self.act(self.bn(self.up(x)) + skip)
 
 
+@records_init_args
 class SkipCAE(nn.Module):
     """Skip-connection convolutional autoencoder (additive encoder-to-decoder skips).
 

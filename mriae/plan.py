@@ -1,0 +1,163 @@
+"""The plan travels with the model (nnU-Net's plans.json is the anchor).
+
+``prepare`` records its plan (``mriae.preprocessing.PreprocessConfig``: orientation, spacing or
+``native``, slice size, scaling, clipping, mask rule, inference grid, code version) in
+``datalist.json``. Training writes it, with what the weights are (the network's class and
+constructor arguments, the number of context slices, the slicing axes), into the checkpoint's side
+file ``model.json`` (``model_record``). Evaluation refuses data prepared with another plan
+(``check_datalist``) and inference takes geometry and scaling from the side file only (``read``):
+no inference config repeats them, and weights without a plan are refused in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import InputError, MissingFileError
+from .preprocessing import PreprocessConfig
+
+__all__ = [
+    "plan_config",
+    "plan_key",
+    "model_record",
+    "sidecar_path",
+    "read",
+    "check_network",
+    "check_datalist",
+    "load_checked",
+]
+
+# arguments that do not change what the weights compute (informational sizes)
+_INFORMATIONAL = ("img_size",)
+
+
+def plan_config(plan: Mapping | PreprocessConfig | None = None) -> PreprocessConfig:
+    """A plan as ``PreprocessConfig`` (a dict may name only the fields that differ from S4's)."""
+    if plan is None:
+        return PreprocessConfig()
+    if isinstance(plan, PreprocessConfig):
+        return plan
+    try:
+        return PreprocessConfig.from_dict(dict(plan))
+    except TypeError as e:
+        raise InputError(f"plan {dict(plan)}: {e}") from None
+
+
+def plan_key(plan: Mapping | PreprocessConfig | None) -> str:
+    """A short stable name of a plan (the demo cohort is prepared once per plan)."""
+    d = plan_config(plan).to_dict()
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def model_record(network: torch.nn.Module, context: int = 0, axes: Sequence[int] = (0,)) -> dict:
+    """What the weights are: the network (class and constructor arguments, when it records them),
+    the context slices on each side of the centre slice and the slicing axes it was trained on."""
+    net = getattr(network, "module", network)
+    net = getattr(net, "_orig_mod", net)  # torch.compile wrapper
+    cls = type(net)
+    args = getattr(net, "init_args", None)
+    return {
+        "network": {"_target_": f"{cls.__module__}.{cls.__qualname__}", **(args or {})},
+        "records_args": args is not None,
+        "context": int(context),
+        "axes": [int(a) for a in axes],
+    }
+
+
+def sidecar_path(ckpt_path: str | Path) -> Path:
+    return Path(ckpt_path).with_suffix(".json")
+
+
+def read(ckpt_path: str | Path) -> dict:
+    """The side file of ``ckpt_path`` with its ``plan`` (a ``PreprocessConfig`` dict) and ``model``
+    record; refuses weights without one (one line)."""
+    ckpt, side = Path(ckpt_path), sidecar_path(ckpt_path)
+    if not ckpt.is_file():
+        raise MissingFileError(f"{ckpt}: checkpoint not found (train the bundle first)")
+    if not side.is_file():
+        raise InputError(
+            f"{ckpt}: no plan beside the weights ({side.name} missing); refusing to guess the preprocessing"
+        )
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{side}: unreadable side file ({e})") from None
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("plan"), dict)
+        or not isinstance(meta.get("model"), dict)
+    ):
+        raise InputError(
+            f"{ckpt}: the side file {side.name} holds no plan (weights trained before plans were recorded?)"
+        )
+    meta["plan"] = plan_config(meta["plan"]).to_dict()
+    return meta
+
+
+def _args(record: Mapping) -> dict:
+    return {k: v for k, v in record.items() if k not in _INFORMATIONAL}
+
+
+def check_network(meta: Mapping, network: torch.nn.Module, context: int | None = None) -> torch.nn.Module:
+    """Refuse (one line) a network that is not the one the weights were trained as."""
+    want = meta["model"]
+    got = model_record(
+        network, want.get("context", 0) if context is None else context, want.get("axes", (0,))
+    )
+    w, g = want["network"], got["network"]
+    if w.get("_target_") != g["_target_"] or (want.get("records_args") and _args(w) != _args(g)):
+        diff = {
+            k: (w.get(k), g.get(k))
+            for k in set(w) | set(g)
+            if k not in _INFORMATIONAL and w.get(k) != g.get(k)
+        }
+        shown = ", ".join(f"{k}: trained {a!r}, configured {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise InputError(
+            f"the weights were trained as another network ({shown}); run them with the configs they were "
+            "trained with (e.g. add the recipe file: --config_file \"['configs/inference.json','configs/s4.json']\")"
+        )
+    if context is not None and int(context) != int(want.get("context", 0)):
+        raise InputError(
+            f"the weights take {want.get('context', 0)} context slices each side; this config gives {context}"
+        )
+    return network
+
+
+def check_datalist(meta: Mapping, datalist: Mapping | str | Path, what: str = "these weights") -> None:
+    """Refuse data prepared with another plan than ``meta``'s (evaluation)."""
+    from .data import load_datalist
+
+    dl = datalist if isinstance(datalist, Mapping) else load_datalist(datalist, verify=False)
+    have = plan_config(dl["preprocessing"]).to_dict()
+    want = plan_config(meta["plan"]).to_dict()
+    if have != want:
+        diff = [k for k in want if have.get(k) != want.get(k)]
+        where = Path(dl.get("_root", "")) / "datalist.json"
+        raise InputError(
+            f"{where}: prepared with another plan than {what} ("
+            + ", ".join(f"{k}={have.get(k)!r} vs {want.get(k)!r}" for k in diff)
+            + "); prepare the data with the weights' plan"
+        )
+
+
+def load_checked(
+    network: torch.nn.Module,
+    ckpt_path: str | Path,
+    datalist: Mapping | str | Path | None = None,
+    context: int | None = None,
+) -> dict:
+    """Read the weights' side file, refuse another network, context or (with ``datalist``) data
+    prepared with another plan, then load the weights. Returns the side file's content."""
+    from .engine import load_weights
+
+    meta = read(ckpt_path)
+    check_network(meta, network, context)
+    if datalist is not None:
+        check_datalist(meta, datalist)
+    load_weights(network, ckpt_path)
+    return meta
