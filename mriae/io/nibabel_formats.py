@@ -96,11 +96,18 @@ class NibabelVolumeReader(ImageReader):
         # PAR/REC puts the volumes last (x, y, z, n); MINC puts time / vector dimensions first
         extra = img.shape[3:] if fmt == "parrec" else img.shape[:-3]
         if int(np.prod(extra)) > 1:
-            what = "dynamics, echoes or image types" if fmt == "parrec" else "frames"
+            what, how = (
+                (
+                    "dynamics, echoes or image types",
+                    "convert it (dcm2niix or nibabel's parrec2nii) and pass one",
+                )
+                if fmt == "parrec"
+                else ("frames", "extract one first (minc-toolkit's mincreshape)")
+            )
             raise _fail(
                 path,
                 f"holds {int(np.prod(extra))} volumes ({what}; array shape {img.shape}); a single 3-D "
-                "volume is needed: extract one first (e.g. with dcm2niix or nibabel)",
+                f"volume is needed: {how}",
             )
         return path, img, fmt
 
