@@ -189,7 +189,11 @@ def native_stderr() -> Iterator[list[str]]:
     """
     lines: list[str] = []
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 (a detached process): nothing to capture
+        yield lines
+        return
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
@@ -204,7 +208,7 @@ def native_stderr() -> Iterator[list[str]]:
 
 def _itk_reason(exc: BaseException, native: list[str]) -> str:
     """One line out of an ITK exception and what the native libraries printed."""
-    text = str(exc)
+    text = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
     nrrd = [line for line in text.splitlines() if line.startswith("[nrrd]")]
     if nrrd:
         reason = re.sub(r"^\[nrrd\]\s*\w+:\s*", "", nrrd[-1])
@@ -250,7 +254,9 @@ class ItkVolumeReader(ITKReader):
             try:
                 img = super().read(str(path), **kwargs)
                 error = None
-            except RuntimeError as e:  # ITK raises RuntimeError for every IO failure
+            except (
+                Exception
+            ) as e:  # RuntimeError for IO failures; KeyError / TypeError for unwrapped pixel types
                 error = e
         if error is not None:
             raise _fail(path, f"cannot read as {fmt}: {_itk_reason(error, native)}") from None
