@@ -309,7 +309,7 @@ def _run(jobs: list, workers: int) -> list[dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mriae.prepare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", choices=["demo", "ixi", "nifti", "dicom"], required=True)
+    p.add_argument("--source", choices=["demo", "ixi", "volumes", "nifti", "dicom"], required=True)
     p.add_argument("--input", help="input folder (not needed for demo)")
     p.add_argument("--demographics", help="IXI.xls or a CSV (subject, sex, age, ethnicity)")
     p.add_argument("--output", required=True, help="output folder (datalist.json + cache/)")

@@ -1,5 +1,5 @@
-"""Where subjects come from: the demo cohort, an IXI-T1 folder (+ IXI.xls), a folder of NIfTI /
-FreeSurfer .mgz volumes, or a folder of DICOM studies. Each lister returns ``Subject`` records that
+"""Where subjects come from: the demo cohort, an IXI-T1 folder (+ IXI.xls), a folder of volumes (NIfTI,
+FreeSurfer .mgz, NRRD, MetaImage, MINC, Philips PAR/REC), or a folder of DICOM studies. Each lister returns ``Subject`` records that
 the prepare step loads with ``mriae.io.load_volume``.
 
 DICOM subjects are named ``dicom-001``, ``dicom-002``... in an order set by a hash of the patient
@@ -21,7 +21,10 @@ from .errors import InputError, MissingFileError
 
 __all__ = ["Subject", "list_subjects", "read_demographics"]
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz")
+# the suffixes ``mriae.io.load_volume`` reads (kept equal to ``mriae.io.volume.VOLUME_SUFFIXES`` by a test;
+# spelled out here so that listing files does not import the readers). Data files (.raw, .rec) are not
+# listed: their headers (.mhd, .nhdr, .par) are.
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".nrrd", ".nhdr", ".mha", ".mhd", ".mnc", ".par")
 
 
 @dataclass
@@ -115,7 +118,8 @@ def list_subjects(
     source: str, input_dir: str | Path | None = None, demographics: str | Path | None = None
 ) -> list[Subject]:
     """List the subjects of a source: ``demo`` (input_dir = cohort dir with manifest.json), ``ixi``,
-    ``nifti`` or ``dicom``."""
+    ``volumes`` (alias ``nifti``: every file with a suffix of ``VOLUME_SUFFIXES``, recursively) or
+    ``dicom``."""
     if input_dir is None:
         raise ValueError(f"source {source!r} needs an input folder")
     root = Path(input_dir)
@@ -142,18 +146,20 @@ def list_subjects(
         if not subjects:
             raise InputError(f"{root}: no IXI volumes (IXI###-*.nii.gz) found")
         return subjects
-    if source == "nifti":
+    if source in ("nifti", "volumes"):
         files = sorted(p for p in root.rglob("*") if _is_volume(p))
         if not files:
-            raise InputError(f"{root}: no .nii, .nii.gz or .mgz volumes found")
+            raise InputError(f"{root}: no volumes ({', '.join(VOLUME_SUFFIXES)}) found")
         ids = [_stem(p) for p in files]
         if len(set(ids)) != len(ids):
             ids = [str(p.relative_to(root)).replace("/", "_") for p in files]
             ids = [_stem(Path(i)) for i in ids]
+        if len(set(ids)) != len(ids):  # one name in several formats (scan.nrrd, scan.nii.gz): keep the suffix
+            ids = [str(p.relative_to(root)).replace("/", "_").replace(".", "_") for p in files]
         return [Subject(i, p, demographics=demo.get(i)) for i, p in zip(ids, files)]
     if source == "dicom":
         return _dicom_subjects(root, demo)
-    raise ValueError(f"unknown source {source!r}: use demo, ixi, nifti or dicom")
+    raise ValueError(f"unknown source {source!r}: use demo, ixi, volumes (or nifti) or dicom")
 
 
 def _header_demographics(ds) -> dict | None:
