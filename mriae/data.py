@@ -265,8 +265,7 @@ class DeviceBatchLoader:
             self._gather = dataset.to_device(self.device)
             self.context = int(dataset.context)
         else:
-            images = dataset.images.to(self.device, dtype=torch.float16)
-            self._gather = lambda idx, g=None: images.index_select(0, idx).float()
+            self._gather = _DeviceImages(dataset.images.to(self.device, dtype=torch.float16))
             self.context = 0
         self.augmentation = augmentation
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -333,6 +332,16 @@ class DeviceBatchLoader:
         if self.context:
             clean = clean[:, self.context : self.context + 1].contiguous()
         return x, clean
+
+
+class _DeviceImages:
+    """A slice stack ``(N, 1, ...)`` on the device, gathered by index (the loader's plain path)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __call__(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.images.index_select(0, idx).float()
 
 
 class _GraphedBatch:

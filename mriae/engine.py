@@ -36,6 +36,7 @@ __all__ = [
     "negative_metric_of",
     "load_weights",
     "seed_everything",
+    "TimeLimit",
 ]
 
 
@@ -161,6 +162,33 @@ class AutocastInferer(SimpleInferer):
             return network(inputs, *args, **kwargs)
         with torch.autocast(device_type=inputs.device.type, dtype=self.dtype):
             return network(inputs, *args, **kwargs).float()
+
+
+class TimeLimit:
+    """Stop training ``seconds`` after it started (checked after every iteration; the epoch's
+    validation is then skipped and the best checkpoint so far is kept). The clock starts with the
+    trainer's run, so building the data and the network does not count (Ignite's own
+    ``TimeLimit`` counts from its creation)."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = seconds
+        self._t0 = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        if self.seconds is None:
+            return
+        import time
+
+        def start(_):
+            self._t0 = time.perf_counter()
+
+        def check(e: Engine):
+            if time.perf_counter() - self._t0 > float(self.seconds):
+                e.logger.info("time limit of %s s reached: stopping", self.seconds)
+                e.terminate()
+
+        engine.add_event_handler(Events.STARTED, start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, check)
 
 
 def metric_of(name: str):

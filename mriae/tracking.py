@@ -28,7 +28,11 @@ def default_tracking_uri() -> str:
 
 
 def run_name(bundle: str, step: str) -> str:
-    return f"{bundle}-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``<bundle>-<step>-<date>-<time>-<4 hex>``: unique also for runs started in the same second (MONAI's
+    handler joins an existing run of the same name, which would mix two trainings' parameters)."""
+    import secrets
+
+    return f"{bundle}-{step}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def flatten(params: Mapping, prefix: str = "") -> dict[str, str]:

@@ -43,7 +43,7 @@ def list_inputs(input_path: str | Path) -> list[dict]:
         return [{"image": str(q)} for q in vols]
     if is_dicom_dir(p):
         return [{"image": str(p), "series": key} for key in sorted(find_dicom_series(p))]
-    raise InputError(f"{p}: no NIfTI / .mgz volume or DICOM series found")
+    raise InputError(f"{p}: no volume ({', '.join(VOLUME_SUFFIXES)}) or DICOM series found")
 
 
 class LoadVolumed(MapTransform):

@@ -109,7 +109,11 @@ def build_ours(args):
     ds = trainer.data_loader.dataset
     if args.repeat > 1:  # tile the demo slices to an IXI-sized epoch (46k slices)
         loader = trainer.data_loader
-        loader.images = loader.images.repeat(args.repeat, *[1] * (loader.images.ndim - 1))
+        g = loader._gather
+        if hasattr(g, "items"):  # slice stacks: tile the index table, the volumes stay
+            g.items = g.items.repeat(args.repeat, 1)
+        else:
+            g.images = g.images.repeat(args.repeat, *[1] * (g.images.ndim - 1))
         loader.dataset = _Tiled(len(ds) * args.repeat)
     return trainer, device, p
 
@@ -122,11 +126,14 @@ def pure_step(args):
     net, opt, loss_fn, inferer = (
         p.get_parsed_content(k) for k in ("network", "optimizer", "loss", "train#inferer")
     )
-    shape = (args.batch_size, *p.get_parsed_content("train#dataset")[0]["image"].shape)  # no loader needed
+    ds = p.get_parsed_content("train#dataset")
+    shape = (args.batch_size, *ds[0]["image"].shape)  # no loader needed
+    if getattr(ds, "crop", None):  # slice stacks cropped at random: the batches are crops
+        shape = (*shape[:-2], ds.crop, ds.crop)
     x = torch.rand(shape, device=device)
     if args.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.rand(shape, device=device)
+    y = torch.rand((shape[0], 1, *shape[2:]), device=device)  # the (centre) clean slice
     step_net = torch.compile(net, dynamic=False, mode=args.compile_mode) if args.compile else net
     net.train()
 
