@@ -65,6 +65,11 @@ def adapt_to_volume(
     at most ``seconds`` (or ``max_steps``). Returns the adapted copy (in eval mode) and a record
     ``{"steps", "seconds", "loss_first", "loss_last"}`` of the blind-spot loss (the mean of the
     first and last tenth of the steps)."""
+    with torch.inference_mode(False):  # an inference engine's tensors cannot be saved for backward
+        return _adapt(network, volume.clone(), context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed)
+
+
+def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed):
     dev = volume.device
     net = copy.deepcopy(network).to(dev)
     net.train()
@@ -80,6 +85,22 @@ def adapt_to_volume(
     offs = torch.arange(2 * context + 1, device=dev)
     losses: list[float] = []
     t0 = time.perf_counter()
+    with torch.enable_grad():  # inference engines run under no_grad
+        _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0)
+    step = len(losses)
+    net.eval()
+    tenth = max(1, len(losses) // 10)
+    record = {
+        "steps": step,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "loss_first": sum(losses[:tenth]) / tenth,
+        "loss_last": sum(losses[-tenth:]) / tenth,
+    }
+    return net, record
+
+
+def _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0) -> None:
+    dev = offs.device
     step = 0
     while (max_steps is None or step < max_steps) and (time.perf_counter() - t0 < seconds or step == 0):
         v = views[step % len(views)]
@@ -100,12 +121,3 @@ def adapt_to_volume(
         opt.step()
         losses.append(float(loss.detach()))
         step += 1
-    net.eval()
-    tenth = max(1, len(losses) // 10)
-    record = {
-        "steps": step,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "loss_first": sum(losses[:tenth]) / tenth,
-        "loss_last": sum(losses[-tenth:]) / tenth,
-    }
-    return net, record

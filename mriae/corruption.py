@@ -57,6 +57,8 @@ class Corruption:
 
     Args:
         dropout: range of the pixel dropout rate (S4: (0, 0.05)).
+        dropout_rescale: scale the kept pixels by ``1 / (1 - rate)`` (S4, as Keras' Dropout); without it
+            dropped pixels are only missing, and the image's intensity scale is not changed.
         noise_std: range of the Gaussian noise sigma (S4: (0, 0.04)).
         rician_std: range of the Rician noise sigma (off by default).
         rician_prob: None (Gaussian and Rician noise both applied when their ranges are set), or the
@@ -83,6 +85,7 @@ class Corruption:
         self,
         dropout: float | Sequence[float] = (0.0, 0.05),
         noise_std: float | Sequence[float] = (0.0, 0.04),
+        dropout_rescale: bool = True,
         rician_std: float | Sequence[float] = 0.0,
         rician_prob: float | None = None,
         blankout_prob: float = 0.2,
@@ -94,6 +97,7 @@ class Corruption:
         renormalize: bool = True,
     ) -> None:
         self.dropout = _range(dropout)
+        self.dropout_rescale = bool(dropout_rescale)
         self.noise_std = _range(noise_std)
         self.rician_std = _range(rician_std)
         if rician_prob is not None and not 0 <= float(rician_prob) <= 1:
@@ -130,6 +134,7 @@ class Corruption:
         """The parameters as a flat dict (for tracking)."""
         return {
             "dropout": list(self.dropout),
+            "dropout_rescale": self.dropout_rescale,
             "noise_std": list(self.noise_std),
             "rician_std": list(self.rician_std),
             "rician_prob": self.rician_prob,
@@ -167,7 +172,7 @@ class Corruption:
         if self.dropout[1] > 0:
             rate = self._uniform(self.dropout, b, g, x).view(view)
             keep = torch.rand(x.shape, generator=g, device=x.device, dtype=torch.float32) >= rate
-            out = torch.where(keep, out * (1 / (1 - rate)), 0.0)
+            out = torch.where(keep, out * (1 / (1 - rate)) if self.dropout_rescale else out, 0.0)
         if self.rician_prob is not None:
             out = self._one_noise_per_image(out, b, view, g)
         elif self.noise_std[1] > 0:
@@ -244,6 +249,9 @@ class Corruption:
         return conv(F.pad(x, [pad] * (2 * nd), mode="reflect"), weight, groups=c)
 
 
+_NONE = {"dropout": 0.0, "noise_std": 0.0, "blankout_prob": 0.0, "renormalize": False}
+
+
 class Augmentation:
     """Batched, seeded augmentation of CLEAN training images ``(B, C, H, W)`` (before the corruption,
     so input and target change together), on the device of the batch. Per image: a random flip of
@@ -259,8 +267,10 @@ class Augmentation:
         transpose: bool = True,
         gamma_range: Sequence[float] | None = (0.7, 1.5),
         scale_range: Sequence[float] | None = (0.85, 1.15),
+        sharpen_range: Sequence[float] | None = None,
     ) -> None:
         self.flip, self.transpose = bool(flip), bool(transpose)
+        self.sharpen_range = None if sharpen_range is None else _range(sharpen_range)
         self.gamma_range = None if gamma_range is None else _range(gamma_range)
         self.scale_range = None if scale_range is None else _range(scale_range)
         if self.gamma_range is not None and self.gamma_range[0] <= 0:
@@ -272,6 +282,7 @@ class Augmentation:
             "transpose": self.transpose,
             "gamma_range": None if self.gamma_range is None else list(self.gamma_range),
             "scale_range": None if self.scale_range is None else list(self.scale_range),
+            "sharpen_range": None if self.sharpen_range is None else list(self.sharpen_range),
         }
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -291,4 +302,8 @@ class Augmentation:
             x = x.clamp_min(0) ** gamma.to(x.dtype)
         if self.scale_range is not None:
             x = x * Corruption._uniform(self.scale_range, b, g, x).view(view)
+        if self.sharpen_range is not None:  # unsharp mask: edges and fine detail sharper than the templates'
+            amount = Corruption._uniform(self.sharpen_range, b, g, x).view(view)
+            blur = Corruption(**_NONE, blur_prob=1.0, blur_sigma=1.0, blur_kernel_size=None)._blur(x)
+            x = (x + amount * (x - blur)).clamp_min(0)
         return x.contiguous()

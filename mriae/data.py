@@ -30,6 +30,10 @@ __all__ = [
 ]
 
 
+# folder names that build a demo cohort on first use, and the cohort recipe each builds
+DEMO_FOLDERS = {"demo": "brain", "demo-heads": "heads"}
+
+
 class DatalistError(InputError):
     """A datalist or its cache does not match what a step expects (one-line message)."""
 
@@ -42,14 +46,23 @@ def prepare_demo(
     seed: int = 0,
     workers: int = 2,
     prepared: str = "prepared",
+    recipe: str | None = None,
 ) -> Path:
-    """Build (or reuse) the demo cohort in ``root/cohort`` and prepare it into ``root/<prepared>``."""
+    """Build (or reuse) the demo cohort in ``root/cohort`` and prepare it into ``root/<prepared>``.
+    ``recipe`` (``mriae.cohort.RECIPES``) defaults to the one the folder's name asks for
+    (``DEMO_FOLDERS``)."""
     from .cohort import build_demo_cohort
     from .sources import list_subjects
 
     root = Path(root)
+    recipe = recipe or DEMO_FOLDERS.get(root.name, "brain")
     manifest = build_demo_cohort(
-        root / "cohort", n_subjects=n_subjects, n_test_subjects=n_test_subjects, seed=seed, workers=workers
+        root / "cohort",
+        n_subjects=n_subjects,
+        n_test_subjects=n_test_subjects,
+        seed=seed,
+        workers=workers,
+        recipe=recipe,
     )
     desc = json.loads(Path(manifest).read_text()).get("description", "demo cohort")
     subjects = list_subjects("demo", root / "cohort")
@@ -59,6 +72,7 @@ def prepare_demo(
         "n_subjects": n_subjects,
         "n_test_subjects": n_test_subjects,
         "seed": seed,
+        **({"recipe": recipe} if recipe != "brain" else {}),
     }
     return prepare(
         subjects, root / prepared, cfg or PreprocessConfig(), seed=seed, workers=workers, source=source
@@ -70,6 +84,8 @@ def ensure_datalist(
 ) -> str:
     """Path of the datalist for ``dataset_dir``; builds the demo on first use (see module doc).
 
+    A folder named ``demo`` gets S4's demo cohort, one named ``demo-heads`` the denoisers' (full heads
+    and brains, T1 and T2, no added noise: ``mriae.cohort.RECIPES``).
     ``plan`` is the plan the demo is prepared with (S4's when None: ``demo/prepared``; any other one
     in ``demo/prepared-<key>``). A folder the user prepared brings its own plan, which is what a
     model trained on it records."""
@@ -80,7 +96,7 @@ def ensure_datalist(
     sub = "prepared" if cfg == PreprocessConfig() else f"prepared-{plan_key(cfg)}"
     if (d / "datalist.json").is_file():
         return str(d / "datalist.json")
-    if d.name == "demo":
+    if d.name in DEMO_FOLDERS:
         cand = d / sub / "datalist.json"
         return str(cand) if cand.is_file() else str(prepare_demo(d, cfg=cfg, prepared=sub, **demo_kwargs))
     if (d / "prepared" / "datalist.json").is_file():

@@ -29,7 +29,8 @@ $PY - <<'PY'
 import json, mriae.data as d
 from monai.bundle import ConfigParser
 plan = ConfigParser.load_config_file("bundles/res_unet/configs/train.json")["plan"]
-print("datalist", d.ensure_datalist("data/demo", plan, workers=16))
+for name in ("demo-heads", "demo"):
+    print("datalist", d.ensure_datalist(f"data/{name}", plan, workers=16))
 PY
 echo "data ready in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 specs=()
@@ -39,7 +40,7 @@ for v in "${VARIANTS[@]}"; do
   mkdir -p "$root"; cp -r bundles/res_unet/configs bundles/res_unet/docs "$root/"
   # shellcheck disable=SC2086
   ( $PY -m monai.bundle run training --config_file "$root/configs/train.json" --bundle_root "$root" \
-      --dataset_dir data/demo --use_mlflow "$MLF" --time_limit "$TIME" $over > "$OUT/$label.train.log" 2>&1
+      --use_mlflow "$MLF" --time_limit "$TIME" $over > "$OUT/$label.train.log" 2>&1
     echo "$label trained in $(( $(date +%s) - t0 )) s" ) &
 done
 wait
