@@ -73,6 +73,7 @@ class Corruption:
         blur_sigma: Gaussian sigma of the blur (S4: 0.6).
         blur_kernel_size: kernel size (S4: 3); None derives it from sigma.
         renormalize: min-max the corrupted image back to the clean image's range.
+        nonnegative: clip the corrupted image at 0 (a magnitude image has no negative values).
 
     Example::
 
@@ -95,6 +96,7 @@ class Corruption:
         blur_sigma: float = 0.6,
         blur_kernel_size: int | None = 3,
         renormalize: bool = True,
+        nonnegative: bool = False,
     ) -> None:
         self.dropout = _range(dropout)
         self.dropout_rescale = bool(dropout_rescale)
@@ -117,6 +119,7 @@ class Corruption:
         self.blur_sigma = float(blur_sigma)
         self.blur_kernel_size = blur_kernel_size
         self.renormalize = renormalize
+        self.nonnegative = bool(nonnegative)
 
     def __repr__(self) -> str:
         keys = (
@@ -145,6 +148,7 @@ class Corruption:
             "blur_sigma": self.blur_sigma,
             "blur_kernel_size": self.blur_kernel_size,
             "renormalize": self.renormalize,
+            "nonnegative": self.nonnegative,
         }
 
     @staticmethod
@@ -192,6 +196,8 @@ class Corruption:
             omin, omax = (v.view(view) for v in torch.aminmax(out.reshape(b, -1), dim=1))
             scale = (cmax - cmin) / (omax - omin).clamp_min(1e-8)
             out = torch.addcmul(cmin - omin * scale, out, scale)  # (out - omin) * scale + cmin
+        if self.nonnegative:
+            out = out.clamp_min(0)
         return out.clone() if out is x else out
 
     def _one_noise_per_image(

@@ -200,13 +200,14 @@ def run_bundle(
         parser = ConfigParser()
         parser.read_config([str(root / "configs" / f) for f in config_files])
         dev = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+        known = {k: v for k, v in dict(overrides or {}).items() if k.split("#")[0] in parser.config}
         parser.update(
             {
                 "bundle_root": str(root),
                 "input_path": str(src),
                 "output_dir": str(Path(tmp) / "out"),
                 "device": f"$torch.device('{dev}')",
-                **dict(overrides or {}),
+                **known,  # a training variant's overrides that concern inference (context, network)
             }
         )
         parser.get_parsed_content("initialize")  # plan check and weights

@@ -112,9 +112,10 @@ def make_split(
     demographics = demographics or {}
     fixed = dict(fixed or {})
     free = [s for s in subjects if s not in fixed]
-    if len(free) < 2:
+    if len(free) < 2 and fractions[1] > 0:
         raise InputError(
-            f"{len(free)} subject(s) to split: need at least 2 (one to train on, one to validate on)"
+            f"{len(free)} subject(s) to split: need at least 2 (one to train on, one to validate on), "
+            "or --fractions 1 0 0 to put every subject in training"
         )
     with_demo = [s for s in free if stratum(demographics.get(s)) is not None]
     if with_demo:
@@ -141,8 +142,9 @@ def make_split(
             split[p].extend(order[start : start + n])
             start += n
         how = f"plain seeded split (no demographics), seed {seed}"
+    need_val = fractions[1] > 0 and not split["validation"]
     need_test = fractions[2] > 0 and len(free) >= 3 and not split["test"]
-    for part in ("validation",) + (("test",) if need_test else ()):
+    for part in (("validation",) if need_val else ()) + (("test",) if need_test else ()):
         if not split[part]:  # move one subject over from training (the largest partition)
             split[part].append(sorted(split["training"])[-1])
             split["training"].remove(split[part][-1])

@@ -348,7 +348,10 @@ def main(argv=None) -> int:
     from mriae.engine import seed_everything
 
     seed_everything(0)
-    ensure_datalist(args.dataset_dir)
+    from monai.bundle import ConfigParser
+
+    train = ConfigParser.load_config_file(str(REPO / "bundles" / args.bundle / "configs" / "train.json"))
+    ensure_datalist(args.dataset_dir, train.get("plan"))  # the data at the bundle's own plan
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
                  "torch": torch.__version__, "bundle": args.bundle,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 
 import torch
 from monai.networks.layers import Conv, Norm
@@ -51,8 +52,16 @@ def conv(spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, strid
     return Conv[Conv.CONV, spatial_dims](in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2)
 
 
-def batch_norm(spatial_dims: int, ch: int) -> nn.Module:
-    return Norm[Norm.BATCH, spatial_dims](ch, eps=1e-3, momentum=0.1)
+def batch_norm(spatial_dims: int, ch: int, norm: str = "batch") -> nn.Module:
+    """S4's batch norm (``norm="batch"``), or a replacement: ``"none"`` (identity: what the network does
+    in training it does at inference, whatever the input's statistics) or ``"group"`` (8 groups)."""
+    if norm == "batch":
+        return Norm[Norm.BATCH, spatial_dims](ch, eps=1e-3, momentum=0.1)
+    if norm == "none":
+        return nn.Identity()
+    if norm == "group":
+        return nn.GroupNorm(min(8, ch), ch, eps=1e-3)
+    raise ValueError(f"norm {norm!r} is not one of batch, none, group")
 
 
 class _Shortcut(nn.Module):
@@ -69,13 +78,13 @@ class FullPreActResBlock(nn.Module):
     BN -> ReLU -> Conv(stride) -> BN -> ReLU -> Conv, plus a shortcut (1x1 conv when the stride or the
     width changes), added; no activation after the addition."""
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1) -> None:
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1, norm: str = "batch") -> None:
         super().__init__()
         self.body = nn.Sequential(
-            batch_norm(spatial_dims, in_ch),
+            batch_norm(spatial_dims, in_ch, norm),
             nn.ReLU(),
             conv(spatial_dims, in_ch, out_ch, 3, stride),
-            batch_norm(spatial_dims, out_ch),
+            batch_norm(spatial_dims, out_ch, norm),
             nn.ReLU(),
             conv(spatial_dims, out_ch, out_ch, 3, 1),
         )
@@ -89,14 +98,14 @@ class OriginalResBlock(nn.Module):
     """Original residual block (He et al. 2015): Conv(stride) -> BN -> ReLU -> Conv -> BN, plus a
     shortcut (1x1 conv when the stride or width changes), added, then ReLU."""
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1) -> None:
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1, norm: str = "batch") -> None:
         super().__init__()
         self.body = nn.Sequential(
             conv(spatial_dims, in_ch, out_ch, 3, stride),
-            batch_norm(spatial_dims, out_ch),
+            batch_norm(spatial_dims, out_ch, norm),
             nn.ReLU(),
             conv(spatial_dims, out_ch, out_ch, 3, 1),
-            batch_norm(spatial_dims, out_ch),
+            batch_norm(spatial_dims, out_ch, norm),
         )
         self.shortcut = _Shortcut(spatial_dims, in_ch, out_ch, stride)
         self.act = nn.ReLU()
@@ -111,10 +120,10 @@ RES_BLOCKS = {"full_preact": FullPreActResBlock, "original": OriginalResBlock}
 class UpBlock(nn.Sequential):
     """S4's decoder block UP(f): ConvTranspose(f, 3, stride 2, 'same') -> BN -> ReLU; doubles the size."""
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int) -> None:
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, norm: str = "batch") -> None:
         super().__init__(
             Conv[Conv.CONVTRANS, spatial_dims](in_ch, out_ch, 3, stride=2, padding=1, output_padding=1),
-            batch_norm(spatial_dims, out_ch),
+            batch_norm(spatial_dims, out_ch, norm),
             nn.ReLU(),
         )
 
@@ -154,3 +163,28 @@ def centre_channels(x: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"cannot centre {n} output channel(s) in an input of {c} channels")
     k = (c - n) // 2
     return x[:, k : k + n]
+
+
+_IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+
+
+def noise_sigma(images: torch.Tensor) -> torch.Tensor:
+    """Per-image Gaussian noise sigma ``(B,)`` of a batch of 2D images ``(B, 1, H, W)`` by Immerkaer's
+    Laplacian-difference method (CVIU 64(2), 1996): the mean absolute response to a mask that
+    cancels planar structure, times sqrt(pi / 2) / 6. Fine anatomy adds little to it, noise a lot,
+    which is what lets a denoiser conditioned on it leave a clean scan alone."""
+    k = torch.tensor(_IMMERKAER, device=images.device, dtype=images.dtype)[None, None]
+    r = torch.nn.functional.conv2d(images, k).abs().flatten(1).mean(1)
+    return r * (math.sqrt(math.pi / 2) / 6)
+
+
+class NoiseLevelMap(nn.Module):
+    """Append the input centre slice's estimated noise sigma (``noise_sigma``) as a constant channel:
+    the noise-level map of FFDNet (Zhang et al., "FFDNet: Toward a fast and flexible solution for CNN
+    based image denoising", IEEE TIP 27(9), 2018), estimated from the image itself, so the network
+    stays blind to the user (nothing to set) but knows how much to remove."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        sigma = noise_sigma(x[:, c // 2 : c // 2 + 1].float()).to(x.dtype)
+        return torch.cat([x, sigma.view(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])], dim=1)

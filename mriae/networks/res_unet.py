@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import RES_BLOCKS, OutputHead, UpBlock, conv, records_init_args
+from .blocks import RES_BLOCKS, NoiseLevelMap, OutputHead, UpBlock, conv, records_init_args
 
 __all__ = ["ResUNetAE"]
 
@@ -48,6 +48,9 @@ class ResUNetAE(nn.Module):
         residual: predict the corruption and return ``input - prediction`` (no sigmoid).
         full_res: width of a full-resolution stage (two 3x3 convs) concatenated before the head
             (0: none, S4).
+        norm: ``"batch"`` (S4), ``"none"`` or ``"group"`` (``blocks.batch_norm``).
+        noise_map: append the centre slice's estimated noise sigma as an input channel
+            (``blocks.NoiseLevelMap``, FFDNet's noise-level map).
 
     Input ``(B, in_channels, *spatial)`` (spatial divisible by 8), in [0, 1]; output
     ``(B, out_channels, *spatial)``: in (0, 1) (sigmoid) or, with ``residual``, the denoised centre
@@ -65,6 +68,8 @@ class ResUNetAE(nn.Module):
         img_size: int | Sequence[int] | None = 128,
         residual: bool = False,
         full_res: int = 0,
+        norm: str = "batch",
+        noise_map: bool = False,
     ) -> None:
         super().__init__()
         if block not in RES_BLOCKS:
@@ -74,20 +79,25 @@ class ResUNetAE(nn.Module):
         self.spatial_dims, self.skip, self.img_size = spatial_dims, skip, img_size
         self.in_channels, self.out_channels = in_channels, out_channels
         self.residual, self.full_res = bool(residual), int(full_res)
+        self.noise_map = NoiseLevelMap() if noise_map else None
+        cin = in_channels + (1 if noise_map else 0)
         if self.full_res:
             f = self.full_res
             self.full = nn.Sequential(
-                conv(spatial_dims, in_channels, f, 3, 1), nn.ReLU(), conv(spatial_dims, f, f, 3, 1), nn.ReLU()
+                conv(spatial_dims, cin, f, 3, 1), nn.ReLU(), conv(spatial_dims, f, f, 3, 1), nn.ReLU()
             )
-        self.stem = conv(spatial_dims, in_channels, c1, 3, 2)
-        self.stage2 = nn.Sequential(rb(spatial_dims, c1, c2, 2), rb(spatial_dims, c2, c2, 1))
-        self.stage3 = rb(spatial_dims, c2, c3, 2)
-        self.up1 = UpBlock(spatial_dims, c3, c2)
-        self.up2 = UpBlock(spatial_dims, 2 * c2 if skip else c2, c1)
-        self.up3 = UpBlock(spatial_dims, 2 * c1 if skip else c1, c1 // 2)
+        self.stem = conv(spatial_dims, cin, c1, 3, 2)
+        self.stage2 = nn.Sequential(rb(spatial_dims, c1, c2, 2, norm), rb(spatial_dims, c2, c2, 1, norm))
+        self.stage3 = rb(spatial_dims, c2, c3, 2, norm)
+        self.up1 = UpBlock(spatial_dims, c3, c2, norm)
+        self.up2 = UpBlock(spatial_dims, 2 * c2 if skip else c2, c1, norm)
+        self.up3 = UpBlock(spatial_dims, 2 * c1 if skip else c1, c1 // 2, norm)
         self.head = OutputHead(spatial_dims, c1 // 2 + self.full_res, out_channels, residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = x
+        if self.noise_map is not None:
+            x = self.noise_map(x)
         x1 = self.stem(x)
         x2 = self.stage2(x1)
         z = self.stage3(x2)
@@ -100,4 +110,4 @@ class ResUNetAE(nn.Module):
         y = self.up3(y)
         if self.full_res:
             y = torch.cat([y, self.full(x)], dim=1)
-        return self.head(y, x)
+        return self.head(y, image)
