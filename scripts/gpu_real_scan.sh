@@ -17,6 +17,7 @@ OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python3}
 TIME=${TIME:-300}
 CONDITIONS=${CONDITIONS:-"clean gaussian-0.01 gaussian-0.03 gaussian-0.05 gaussian-0.08 rician-0.03 rician-0.05 dropout-0.03 blankout-25 blur-1.0 combined"}
+export DATASETS=${DATASETS:-demo-heads}   # demo folders to prepare first (at the bundle's plan)
 ADAPT=${ADAPT:-}   # e.g. "default:30": also score LABEL with 30 s of self-supervised adaptation
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(default)
@@ -26,10 +27,10 @@ if $PY -c "import mlflow" 2>/dev/null; then MLF=True; else MLF=False; fi
   git rev-parse HEAD 2>/dev/null || true; } | tee "$OUT/env.txt"
 t0=$(date +%s)
 $PY - <<'PY'
-import json, mriae.data as d
+import os, mriae.data as d
 from monai.bundle import ConfigParser
 plan = ConfigParser.load_config_file("bundles/res_unet/configs/train.json")["plan"]
-for name in ("demo-heads", "demo"):
+for name in os.environ.get("DATASETS", "demo-heads").split():
     print("datalist", d.ensure_datalist(f"data/{name}", plan, workers=16))
 PY
 echo "data ready in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
