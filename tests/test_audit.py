@@ -89,7 +89,7 @@ def test_command_line_on_a_clean_bundle(capsys, monkeypatch) -> None:
     assert lines[0] == "WARN manifest.sha256: no manifest (file hashes not checked; --require-manifest fails)"
     assert re.fullmatch(
         r"audit bundles/res_unet: OK, 1 warning \(\d+ config files, \d+ _target_, \d+ \$ expressions, "
-        r"1 logging files, 0 weights files, no manifest\)",
+        r"1 logging file, 0 weights files, no manifest\)",
         lines[1],
     )
     assert len(lines) == 2

@@ -11,7 +11,7 @@ not name::
     python -m mriae.audit BUNDLE_DIR [--list] [--json] [--require-manifest] [--write-manifest]
 
 Configs are read the way MONAI reads them: ids with ``#``/``::`` (top-level ``a#b`` keys and ``+``
-merge keys included), relative ids and ``@`` references rewritten by MONAI's own string helpers
+merge keys included), relative ids and ``@`` references rewritten by MONAI's own string functions
 before ``ast`` sees the expression (what ``eval`` would get), ``%`` macros, ``_mode_``,
 ``_debug_``. Entry points call ``require_trusted(bundle_dir, trust=...)`` before parsing a bundle.
 What MONAI lacked: a check before evaluation (its only switch, ``MONAI_EVAL_EXPR=0``, turns all

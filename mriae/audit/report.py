@@ -14,6 +14,10 @@ def one_line(text: object, limit: int = 240) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
+
+
 @dataclass(frozen=True)
 class Finding:
     """One failure (``FAIL``) or warning (``WARN``) of the audit."""
@@ -79,14 +83,18 @@ class AuditReport:
 
     def summary(self) -> str:
         c = self.counts
-        seen = (
-            f"{c['config files']} config files, {c['_target_']} _target_, {c['$']} $ expressions, "
-            f"{c['logging files']} logging files, {c['weights files']} weights files, "
-            f"{'manifest checked' if c['manifest'] else 'no manifest'}"
+        seen = ", ".join(
+            [
+                _count(c["config files"], "config file"),
+                f"{c['_target_']} _target_",
+                _count(c["$"], "$ expression"),
+                _count(c["logging files"], "logging file"),
+                _count(c["weights files"], "weights file"),
+                "manifest checked" if c["manifest"] else "no manifest",
+            ]
         )
-        n_fail, n_warn = len(self.failures), len(self.warnings)
-        verdict = "OK" if self.ok else f"FAILED, {n_fail} failure{'s' * (n_fail != 1)}"
-        warn = f", {n_warn} warning{'s' * (n_warn != 1)}" if n_warn else ""
+        verdict = "OK" if self.ok else f"FAILED, {_count(len(self.failures), 'failure')}"
+        warn = f", {_count(len(self.warnings), 'warning')}" if self.warnings else ""
         return f"audit {self.bundle}: {verdict}{warn} ({seen})"
 
     def to_json(self) -> dict[str, Any]:
