@@ -1,0 +1,7 @@
+"""``python -m mriae.audit BUNDLE_DIR``: see mriae.audit."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
