@@ -11,6 +11,7 @@ from pathlib import Path as _Path
 from .errors import install_excepthook as _install_excepthook
 
 __version__ = "0.1.0"
+__all__ = ["repo_root", "default_data_dir", "find_bundle_root", "__version__"]
 
 _install_excepthook()
 

@@ -27,6 +27,8 @@ __all__ = [
     "SliceDataset",
     "DeviceBatchLoader",
     "DatalistError",
+    "describe",
+    "atomic_write_text",
 ]
 
 

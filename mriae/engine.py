@@ -28,6 +28,8 @@ from .corruption import Corruption
 from .errors import InputError, MissingFileError
 
 __all__ = [
+    "AutocastInferer",
+    "param_groups",
     "CorruptedBatch",
     "ReconstructionEvaluator",
     "BestCheckpoint",
