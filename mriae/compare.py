@@ -49,7 +49,13 @@ __all__ = [
     "evaluate",
 ]
 
-S4_MODELS = ["res_unet", "shallow_res_ae", "shallow_res_ae:block=original", "skip_cae", "myronenko_ae"]
+S4_MODELS = [
+    "res_unet@s4",
+    "shallow_res_ae@s4",
+    "shallow_res_ae@s4:block=original",
+    "skip_cae@s4",
+    "myronenko_ae@s4",
+]
 SEVERITIES = {
     "noise": (0.01, 0.03, 0.05),
     "rician": (0.01, 0.03, 0.05),
@@ -74,23 +80,39 @@ def _value(text: str):
 class ModelSpec:
     bundle: str
     overrides: dict = field(default_factory=dict)
+    recipe: str | None = None  # a config file merged over train.json: configs/<recipe>.json (e.g. s4)
 
     @property
     def label(self) -> str:
-        parts = [self.bundle] + [f"{k.split('#')[-1]}_{v}" for k, v in self.overrides.items()]
+        parts = [self.bundle + (f"-{self.recipe}" if self.recipe else "")]
+        parts += [f"{k.split('#')[-1]}_{v}" for k, v in self.overrides.items()]
         return re.sub(r"[^A-Za-z0-9_.-]", "", "-".join(str(p) for p in parts))
+
+    def config_files(self, root: str | Path) -> list[str]:
+        """train.json, then the recipe's file."""
+        files = [Path(root) / "configs" / "train.json"]
+        if self.recipe:
+            files.append(Path(root) / "configs" / f"{self.recipe}.json")
+        for f in files:
+            if not f.is_file():
+                raise InputError(
+                    f"{f}: not found (model spec {self.bundle}{'@' + self.recipe if self.recipe else ''})"
+                )
+        return [str(f) for f in files]
 
 
 def parse_spec(text: str) -> ModelSpec:
-    """``"bundle"`` or ``"bundle:key=value,key2=value2"`` (keys are the bundle's config ids)."""
+    """``"bundle"``, ``"bundle@recipe"`` (``configs/<recipe>.json`` merged over train.json, e.g.
+    ``res_unet@s4`` for S4's exact recipe) and ``":key=value,key2=value2"`` overrides after either."""
     name, _, rest = text.partition(":")
+    name, _, recipe = name.partition("@")
     over = {}
     for item in filter(None, rest.split(",")):
         k, eq, v = item.partition("=")
         if not eq:
             raise ValueError(f"model spec {text!r}: expected key=value, got {item!r}")
         over[k.strip()] = _value(v.strip())
-    return ModelSpec(name.strip(), over)
+    return ModelSpec(name.strip(), over, recipe.strip() or None)
 
 
 def conditions(kinds=tuple(SEVERITIES), levels=(0, 1, 2), combined: bool = True) -> dict:
@@ -162,8 +184,9 @@ def train_model(
         args["tracking_uri"] = tracking_uri
     args.update(overrides)
     args.update(spec.overrides)
+    files = spec.config_files(root)
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file"]
-    cmd += [str(root / "configs" / "train.json"), "--bundle_root", str(root)]
+    cmd += [str(files) if len(files) > 1 else files[0], "--bundle_root", str(root)]
     for k, v in args.items():
         cmd += [f"--{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
     log = output / "logs" / f"{spec.label}-train.log"
@@ -202,23 +225,21 @@ class AtTrainingGeometry(torch.nn.Module):
         return y[..., top : top + h, left : left + w]
 
 
-class OnWholeVolumes(torch.nn.Module):
-    """Score a 3D bundle trained on whole volumes resized to ``size`` (S1's volume CAE) on the compare's
-    2D test slices, so it joins the same leaderboard on the same pixels.
+class _OnCorruptedVolumes(torch.nn.Module):
+    """Score a bundle that needs more than the test slice itself on the compare's 2D test slices.
 
     Per test subject, its prepared volume (the cache the test slices were cut from) is rebuilt with
     the test slices replaced by the corrupted slices every 2D entry gets, and its other slices (those
     the relevance filter left out of the test set) corrupted by the same condition with a generator of
-    their own; that volume is resized to ``size`` as the bundle's ``VolumeDataset`` resizes training
-    volumes (trilinear, anti-aliased), reconstructed, resized back to the prepared grid, and the
-    rows of the test slices are the prediction. Call it as ``wrapper.predict(x, subjects, slices,
-    corruption, seed, device)``; ``x`` holds the corrupted test slices in the test set's order."""
+    their own; ``_run(volume)`` turns that volume into the prediction on the prepared grid, whose
+    rows at the test slices are the result. Call ``wrapper.predict(x, subjects, slices, corruption,
+    seed, device)``; ``x`` holds the corrupted test slices in the test set's order."""
 
-    def __init__(self, net: torch.nn.Module, size, test_set) -> None:
+    def __init__(self, net: torch.nn.Module, test_set) -> None:
         super().__init__()
         import numpy as np
 
-        self.net, self.size = net, tuple(int(s) for s in size)
+        self.net = net
         self.volumes = {
             rec["subject"]: torch.from_numpy(
                 np.asarray(np.load(Path(test_set.root) / rec["image"]), dtype=np.float32)
@@ -233,13 +254,13 @@ class OnWholeVolumes(torch.nn.Module):
                 )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise TypeError("OnWholeVolumes needs the subjects and slices of its input: call predict()")
+        raise TypeError(f"{type(self).__name__} needs the subjects and slices of its input: call predict()")
+
+    def _run(self, vol: torch.Tensor, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
 
     @torch.no_grad()
     def predict(self, x, subjects, slices, corruption, seed: int, device: torch.device) -> torch.Tensor:
-        from monai.transforms import Resize
-
-        down = Resize(spatial_size=self.size, mode="trilinear", anti_aliasing=True)
         out = torch.empty_like(x, dtype=torch.float32)
         rows: dict[str, list[int]] = {}
         for i, s in enumerate(subjects):
@@ -254,14 +275,49 @@ class OnWholeVolumes(torch.nn.Module):
             if corruption is not None and bool(rest.any()):
                 vol[rest] = corruption(vol[rest][:, None], generator=g)[:, 0]
             vol[z] = x[r, 0].float()
-            small = torch.as_tensor(down(vol[None])).float()
-            rec = self.net(small[None].to(device)).float().cpu()[0]
-            up = Resize(spatial_size=tuple(vol.shape), mode="trilinear", anti_aliasing=True)
-            out[r, 0] = torch.as_tensor(up(rec)).float()[0, z]
+            out[r, 0] = self._run(vol, device)[z]
         return out
 
 
-def load_network(root: str | Path, overrides: dict, device: torch.device, test_set=None) -> torch.nn.Module:
+class OnWholeVolumes(_OnCorruptedVolumes):
+    """A 3D bundle trained on whole volumes resized to ``size`` (S1's volume CAE): the rebuilt volume
+    is resized to ``size`` as the bundle's ``VolumeDataset`` resizes training volumes (trilinear,
+    anti-aliased), reconstructed and resized back to the prepared grid."""
+
+    def __init__(self, net: torch.nn.Module, size, test_set) -> None:
+        super().__init__(net, test_set)
+        self.size = tuple(int(s) for s in size)
+
+    def _run(self, vol: torch.Tensor, device: torch.device) -> torch.Tensor:
+        from monai.transforms import Resize
+
+        small = torch.as_tensor(
+            Resize(spatial_size=self.size, mode="trilinear", anti_aliasing=True)(vol[None])
+        ).float()
+        rec = self.net(small[None].to(device)).float().cpu()[0]
+        up = Resize(spatial_size=tuple(vol.shape), mode="trilinear", anti_aliasing=True)
+        return torch.as_tensor(up(rec)).float()[0]
+
+
+class OnSliceStacks(_OnCorruptedVolumes):
+    """A 2.5D bundle that takes ``context`` neighbouring slices on each side (res_unet's denoiser):
+    every test slice is predicted from its stack in the rebuilt (corrupted) volume, along the
+    prepared sagittal axis, as inference does (``mriae.infer.SliceStackInferer``)."""
+
+    def __init__(self, net: torch.nn.Module, context: int, test_set) -> None:
+        super().__init__(net, test_set)
+        from .infer import SliceStackInferer
+
+        self.context = int(context)
+        self.inferer = SliceStackInferer(context=self.context, axes=[0], sw_batch_size=64)
+
+    def _run(self, vol: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return self.inferer(vol[None, None].to(device), self.net).float().cpu()[0, 0]
+
+
+def load_network(
+    root: str | Path, overrides: dict, device: torch.device, test_set=None, recipe: str | None = None
+) -> torch.nn.Module:
     """The bundle's ``network_def`` with the spec's overrides, trained weights loaded, in eval mode.
 
     With ``test_set`` (the compare's test ``SliceDataset``), a 2D bundle whose training slices were
@@ -272,7 +328,7 @@ def load_network(root: str | Path, overrides: dict, device: torch.device, test_s
 
     from .engine import load_weights
 
-    parser = ConfigParser(ConfigParser.load_config_file(Path(root) / "configs" / "train.json"))
+    parser = ConfigParser(ConfigParser.load_config_files(ModelSpec("", recipe=recipe).config_files(root)))
     for k, v in overrides.items():
         parser[k] = v
     net = parser.get_parsed_content("network_def", instantiate=True)
@@ -287,6 +343,9 @@ def load_network(root: str | Path, overrides: dict, device: torch.device, test_s
                 f"{root}: a 3D bundle needs an 'img_size' of three sides to be scored on whole volumes"
             )
         return OnWholeVolumes(net, size, test_set).eval()
+    context = int(parser.get_parsed_content("context", default=0) or 0)
+    if context:
+        return OnSliceStacks(net, context, test_set).eval()
     test_side = int(test_set.images.shape[-1])
     ds = parser.get("train#dataset", {})
     for key, how in (("size", "resize"), ("pad_to", "pad")):
@@ -323,7 +382,7 @@ def evaluate(
         x = corrupt_all(images, corr, condition_seed(seed, cname))
         outs = {
             label: net.predict(x, subjects, slices, corr, condition_seed(seed, cname) + 1, device)
-            if isinstance(net, OnWholeVolumes)
+            if isinstance(net, _OnCorruptedVolumes)
             else _predict(net, x, device)
             for label, net in models.items()
         }

@@ -76,11 +76,12 @@ def _entry_info(spec, root: Path, net: torch.nn.Module, cli_over: dict) -> dict:
 
     from .networks import count_parameters
 
-    cfg = ConfigParser(ConfigParser.load_config_file(root / "configs" / "train.json"))
+    cfg = ConfigParser(ConfigParser.load_config_files(spec.config_files(root)))
     over = {**cli_over, **spec.overrides}
     return {
         "kind": "model",
         "bundle": spec.bundle,
+        "recipe": spec.recipe or "",
         "parameters": count_parameters(net),
         "loss": str(over.get("loss_name", cfg.get("loss_name"))),
         "l2": str(over.get("l2", cfg.get("l2"))) if float(over.get("l2", cfg.get("l2")) or 0) else "",
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {"output": str(out), "trained": trained, "run_id": None}
     ds = SliceDataset(datalist, "test", max_slices_per_subject=args.test_max_slices_per_subject)
     for spec, info in zip(specs, trained):
-        net = load_network(info["root"], spec.overrides, device, test_set=ds)
+        net = load_network(info["root"], spec.overrides, device, test_set=ds, recipe=spec.recipe)
         nets[spec.label] = net
         entries[spec.label] = {
             **_entry_info(spec, Path(info["root"]), net, cli_over),

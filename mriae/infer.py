@@ -115,11 +115,12 @@ class SliceStackInferer(Inferer):
             network, self.last_adaptation = adapt_to_volume(
                 network, vol, self.context, axes, self.adapt_seconds, **self.adapt_kwargs
             )
-        out = torch.zeros_like(vol)
+        out = None
         with torch.no_grad():
-            for a in axes:
-                out += self._along(vol, a, network)
-        return (out / len(axes))[None, None]
+            for i, a in enumerate(axes):  # running mean: outputs that agree are returned unchanged
+                y = self._along(vol, a, network)
+                out = y if out is None else out + (y - out) / (i + 1)
+        return out[None, None]
 
     def _along(self, vol: torch.Tensor, axis: int, network: torch.nn.Module) -> torch.Tensor:
         v = vol.movedim(axis, 0)

@@ -16,6 +16,7 @@ from pathlib import Path
 __all__ = ["S4_BUNDLES", "derive_configs", "model_card"]
 
 _NET_KEYS = ("block", "skip")  # hyperparameters of res_unet that read network_def keys
+_RES_UNET_ONLY = ("full_res", "norm", "noise_map")  # options only ResUNetAE has
 
 S4_BUNDLES: dict[str, dict] = {
     "shallow_res_ae": {
@@ -23,12 +24,16 @@ S4_BUNDLES: dict[str, dict] = {
         "network_def": {
             "_target_": "mriae.networks.ResUNetAE",
             "spatial_dims": "@spatial_dims",
-            "in_channels": 1,
+            "in_channels": "$2 * @context + 1",
             "out_channels": 1,
             "channels": [32, 64, 128],
             "block": "@block",
             "skip": False,
             "img_size": "@img_size",
+            "residual": "@residual",
+            "full_res": "@full_res",
+            "norm": "@norm",
+            "noise_map": "@noise_map",
         },
         "extra": {"block": "full_preact"},
         "hyper": {"block": "@block"},
@@ -56,10 +61,11 @@ S4_BUNDLES: dict[str, dict] = {
         "network_def": {
             "_target_": "mriae.networks.SkipCAE",
             "spatial_dims": "@spatial_dims",
-            "in_channels": 1,
+            "in_channels": "$2 * @context + 1",
             "out_channels": 1,
             "channels": [32, 64, 128],
             "img_size": "@img_size",
+            "residual": "@residual",
         },
         "extra": {},
         "hyper": {},
@@ -82,12 +88,13 @@ S4_BUNDLES: dict[str, dict] = {
         "network_def": {
             "_target_": "mriae.networks.MyronenkoAE",
             "spatial_dims": "@spatial_dims",
-            "in_channels": 1,
+            "in_channels": "$2 * @context + 1",
             "out_channels": 1,
             "channels": [32, 64, 128],
             "blocks": [1, 2, 2],
             "dropout": "@spatial_dropout",
             "img_size": "@img_size",
+            "residual": "@residual",
         },
         "extra": {"spatial_dropout": 0.1},
         "hyper": {"spatial_dropout": "@spatial_dropout"},
@@ -130,14 +137,19 @@ def derive_configs(src: str | Path, name: str) -> dict[str, dict | str]:
     """The bundle ``name``'s configs (and model card text) derived from the res_unet bundle ``src``."""
     src, spec = Path(src), S4_BUNDLES[name]
     out: dict[str, dict | str] = {}
-    for fname in ("train.json", "inference.json"):
+    is_res_unet = spec["network_def"]["_target_"].endswith("ResUNetAE")
+    for fname in ("train.json", "inference.json", "s4.json"):
         cfg = copy.deepcopy(_load(src / "configs" / fname))
-        cfg["bundle_name"] = name
-        cfg["network_def"] = copy.deepcopy(spec["network_def"])
-        cfg = _with_after(cfg, "img_size", spec["extra"])
+        if fname != "s4.json":
+            cfg["bundle_name"] = name
+            cfg["network_def"] = copy.deepcopy(spec["network_def"])
+            cfg = _with_after(cfg, "img_size", spec["extra"])
+        if not is_res_unet:  # options its network does not have
+            cfg = {k: v for k, v in cfg.items() if k not in _RES_UNET_ONLY}
         hyper = cfg.get("hyperparameters")
         if hyper is not None:
-            hyper = {k: v for k, v in hyper.items() if k not in _NET_KEYS}
+            drop = _NET_KEYS + (() if is_res_unet else _RES_UNET_ONLY)
+            hyper = {k: v for k, v in hyper.items() if k not in drop}
             cfg["hyperparameters"] = _with_after(hyper, "channels", spec["hyper"])
         out[fname] = cfg
     out["evaluate.json"] = _load(src / "configs" / "evaluate.json")

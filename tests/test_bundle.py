@@ -37,23 +37,36 @@ def run_bundle(*args: str, cwd: Path = REPO, check: bool = True, env: dict | Non
     return res
 
 
-@pytest.fixture(scope="session")
-def trained(small_prepared, tmp_path_factory):
-    """A copy of the bundle trained and evaluated on the small cohort; returns its paths."""
+def _train_and_evaluate(small_prepared, tmp_path_factory, recipe: list[str], slices: int = 24) -> dict:
+    """A copy of the bundle trained and evaluated on the small cohort with the given config files."""
     root = tmp_path_factory.mktemp("bundle") / "res_unet"
     shutil.copytree(REPO / "bundles" / "res_unet", root, ignore=shutil.ignore_patterns("models", "eval", "outputs"))
     db = root.parent / "mlruns" / "mlflow.db"
     db.parent.mkdir()
     uri = f"sqlite:///{db}"
     common = ["--bundle_root", str(root), "--dataset_dir", str(small_prepared.parent), "--tracking_uri", uri]
-    train = run_bundle("training", "--config_file", str(root / "configs" / "train.json"), *common,
-                       "--train#trainer#max_epochs", str(EPOCHS), "--max_slices_per_subject", "24", "--batch_size", "8")
-    evaluate = run_bundle("evaluating", "--config_file",
-                          f"['{root}/configs/train.json','{root}/configs/evaluate.json']", *common)
-    return {"root": root, "uri": uri, "train": train, "evaluate": evaluate, "datalist": small_prepared}
+    files = [str(root / "configs" / f) for f in recipe]
+    train = run_bundle("training", "--config_file", str(files) if len(files) > 1 else files[0], *common,
+                       "--train#trainer#max_epochs", str(EPOCHS), "--max_slices_per_subject", str(slices), "--batch_size", "8")
+    evaluate = run_bundle("evaluating", "--config_file", str(files + [str(root / "configs" / "evaluate.json")]), *common)
+    return {"root": root, "uri": uri, "train": train, "evaluate": evaluate, "datalist": small_prepared, "recipe": recipe}
 
 
-def test_validation_psnr_rises_and_best_checkpoint_is_kept(trained):
+@pytest.fixture(scope="session")
+def trained_s4(small_prepared, tmp_path_factory):
+    """S4's exact recipe (``configs/s4.json`` merged over train.json)."""
+    return _train_and_evaluate(small_prepared, tmp_path_factory, ["train.json", "s4.json"])
+
+
+@pytest.fixture(scope="session")
+def trained(small_prepared, tmp_path_factory):
+    """The shipped recipe (the residual denoiser with context slices), on the same small cohort (its own
+    plan travels: S4's grid here)."""
+    return _train_and_evaluate(small_prepared, tmp_path_factory, ["train.json"], slices=8)
+
+
+def test_validation_psnr_rises_and_best_checkpoint_is_kept(trained_s4):
+    trained = trained_s4
     root = trained["root"]
     hist = json.loads((root / "outputs" / "training" / "history.json").read_text())
     psnr = [v["val_clean_psnr"] for v in hist["validation"]]
@@ -71,7 +84,8 @@ def test_validation_psnr_rises_and_best_checkpoint_is_kept(trained):
     assert not list((root / "models").glob(".*tmp*"))  # atomic writes leave no temporaries
 
 
-def test_evaluation_reports_clean_and_corrupted(trained):
+def test_evaluation_reports_clean_and_corrupted(trained_s4):
+    trained = trained_s4
     out = trained["root"] / "eval"
     df = pd.read_csv(out / "per_slice.csv")
     dl = json.loads(trained["datalist"].read_text())
@@ -92,9 +106,10 @@ def test_evaluation_reports_clean_and_corrupted(trained):
     assert {"mean", "std", "n"} <= set(s.columns)
 
 
-def test_mlflow_runs_hold_params_metrics_and_artifacts(trained):
+def test_mlflow_runs_hold_params_metrics_and_artifacts(trained_s4):
     from mlflow.tracking import MlflowClient
 
+    trained = trained_s4
     client = MlflowClient(tracking_uri=trained["uri"])
     exp = client.get_experiment_by_name("res_unet")
     runs = {r.info.run_name.split("-")[1]: r for r in client.search_runs([exp.experiment_id])}
@@ -112,6 +127,23 @@ def test_mlflow_runs_hold_params_metrics_and_artifacts(trained):
     ev = runs["evaluate"]
     assert ev.data.metrics["test_combined_psnr"] > ev.data.metrics["test_combined_input_psnr"]
     assert {"per_slice.csv", "summary.json", "heldout-000.png"} <= _artifacts(client, ev.info.run_id)
+
+
+def test_the_denoiser_learns_keeps_its_plan_and_beats_the_noisy_input(trained):
+    root = trained["root"]
+    hist = json.loads((root / "outputs" / "training" / "history.json").read_text())
+    corrupted = [v["val_corrupted_psnr"] for v in hist["validation"]]
+    assert len(corrupted) == EPOCHS and corrupted[-1] > corrupted[0] + 3  # dB
+    side = json.loads((root / "models" / "model.json").read_text())
+    dl = json.loads(trained["datalist"].read_text())
+    assert side["plan"] == dl["preprocessing"]  # the plan travels with the weights
+    assert side["model"]["context"] == 2 and side["model"]["axes"] == [0, 1, 2]
+    net = side["model"]["network"]
+    assert net["_target_"] == "mriae.networks.res_unet.ResUNetAE" and net["residual"] and net["in_channels"] == 5
+    assert net["noise_map"] and net["norm"] == "none"
+    summ = json.loads((root / "eval" / "summary.json").read_text())
+    assert summ["noise"]["psnr"]["mean"] > summ["noise"]["input_psnr"]["mean"] + 1  # dB: it denoises
+    assert summ["clean"]["psnr"]["mean"] > 30  # and leaves a clean slice nearly alone (a tiny CPU budget)
 
 
 def _artifacts(client, run_id, path=None) -> set[str]:

@@ -15,8 +15,8 @@ from conftest import REPO
 
 from mriae.compare import conditions, corrupt_all
 
-MODELS = ["res_unet", "shallow_res_ae:block=original", "skip_cae", "myronenko_ae"]
-LABELS = ["res_unet", "shallow_res_ae-block_original", "skip_cae", "myronenko_ae"]
+MODELS = ["res_unet@s4", "shallow_res_ae@s4:block=original", "skip_cae@s4", "myronenko_ae@s4", "res_unet"]
+LABELS = ["res_unet-s4", "shallow_res_ae-s4-block_original", "skip_cae-s4", "myronenko_ae-s4", "res_unet"]
 
 
 def test_conditions_and_their_corrupted_slices_are_fixed():

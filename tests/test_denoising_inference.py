@@ -1,0 +1,235 @@
+"""Inference by the model's own plan: the input's own grid, exactly; the plan's grid when the plan says
+so; weights without a plan refused; the residual head; self-supervised adaptation; the real scan."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from monai.bundle import ConfigParser
+
+from mriae.infer import slicing_axes
+from mriae.plan import model_record
+from mriae.preprocessing import PreprocessConfig
+
+NATIVE = {"spacing": [1.0, 1.0, 1.0], "slice_size": 256, "clip": False, "inference_grid": "native"}
+
+
+def _template_crop() -> tuple[np.ndarray, np.ndarray]:
+    """A small real volume: a crop of the ICBM152 2009a T1 that nilearn ships (1 mm, RAS)."""
+    from mriae.cohort import locate_template
+
+    img = nib.load(locate_template("icbm152_2009a_t1"))
+    data = np.asarray(img.dataobj, dtype=np.float32)[60:124, 70:150, 60:120]
+    return np.ascontiguousarray(data), img.affine
+
+
+def _identity_bundle(tmp_path, plan: dict, context: int = 2, axes=(0, 1, 2)):
+    """res_unet's inference config with weights whose last convolution is zero: the residual head then
+    returns its centre input slice exactly (an identity network), and a side file with ``plan``."""
+    root = tmp_path / "res_unet"
+    shutil.copytree(
+        REPO / "bundles" / "res_unet", root, ignore=shutil.ignore_patterns("models", "eval", "outputs")
+    )
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "inference.json"))
+    p["bundle_root"] = str(root)
+    p["device"] = "$torch.device('cpu')"
+    net = p.get_parsed_content("network_def")
+    with torch.no_grad():
+        net.head[0].weight.zero_()
+        net.head[0].bias.zero_()
+    (root / "models").mkdir()
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    side = {"plan": PreprocessConfig(**plan).to_dict(), "model": model_record(net, context, axes)}
+    (root / "models" / "model.json").write_text(json.dumps(side))
+    return root
+
+
+class _Recorder:
+    """Wraps an inferer; keeps the spacing and shape of every volume the network is run on."""
+
+    def __init__(self, inferer):
+        self.inferer, self.seen = inferer, []
+
+    def __call__(self, inputs, network, *a, **k):
+        aff = np.asarray(inputs.affine).reshape(-1, 4, 4)[0]
+        self.seen.append((np.sqrt((aff[:3, :3] ** 2).sum(0)), tuple(inputs.shape[2:])))
+        return self.inferer(inputs, network, *a, **k)
+
+
+def _run(root, src, out):
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "inference.json"))
+    p.update(
+        {
+            "bundle_root": str(root),
+            "input_path": str(src),
+            "output_dir": str(out),
+            "device": "$torch.device('cpu')",
+        }
+    )
+    p.get_parsed_content("initialize")
+    ev = p.get_parsed_content("evaluator")
+    ev.inferer = rec = _Recorder(ev.inferer)
+    ev.run()
+    return rec.seen
+
+
+@pytest.mark.parametrize("spacing, codes", [((1.0, 1.0, 1.0), "LPS"), ((0.5, 0.5, 5.0), "RAS")])
+def test_identity_network_on_the_native_grid_returns_the_input_exactly(tmp_path, spacing, codes):
+    root = _identity_bundle(tmp_path, NATIVE)
+    data, _ = _template_crop()
+    if spacing[2] > 1:  # a thick-slice scan: 0.5 x 0.5 x 5 mm
+        data = np.repeat(np.repeat(data, 2, 0), 2, 1)[:, :, ::5]
+    aff = np.diag([*spacing, 1.0])
+    img = nib.Nifti1Image(data, aff).as_reoriented(
+        nib.orientations.ornt_transform(
+            nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(codes)
+        )
+    )
+    src = tmp_path / "scan.nii.gz"
+    nib.save(img, src)
+    seen = _run(root, src, tmp_path / "out")
+    out = nib.load(tmp_path / "out" / "scan_recon.nii.gz")
+    assert out.shape == img.shape and np.allclose(out.affine, img.affine, atol=1e-6)
+    assert np.array_equal(out.get_fdata(dtype=np.float32), np.asarray(img.dataobj, dtype=np.float32))
+    assert not np.any(nib.load(tmp_path / "out" / "scan_residual.nii.gz").get_fdata())
+    ((sp, shape),) = seen
+    np.testing.assert_allclose(
+        sorted(sp), sorted(spacing), atol=1e-5
+    )  # the network ran on the input's own grid
+    assert sorted(shape) == sorted(img.shape)
+
+
+def test_slicing_axes_follow_the_training_axes_and_the_voxel_shape():
+    assert slicing_axes([0, 1, 2], (1.0, 1.0, 1.0)) == [0, 1, 2]  # near isotropic: three planes, averaged
+    assert slicing_axes([0, 1, 2], (1.2, 1.0, 1.0)) == [0, 1, 2]
+    assert slicing_axes([0, 1, 2], (0.5, 0.5, 5.0)) == [2]  # thick slices: the acquired planes only
+    assert slicing_axes([0], (0.5, 0.5, 5.0)) == [0]  # a model trained on one axis stays on it
+
+
+def test_the_plan_travels_weights_run_at_the_spacing_they_were_trained_at(tmp_path):
+    s4 = (
+        PreprocessConfig().to_dict()
+    )  # S4's plan: 1.2 x 1.875 x 1.875 mm, 128 px, inference on the plan's grid
+    plan = {k: s4[k] for k in ("axcodes", "spacing", "slice_size", "clip", "inference_grid")}
+    root = _identity_bundle(tmp_path, plan)
+    data, aff = _template_crop()
+    src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, aff), src)
+    ((sp, shape),) = _run(root, src, tmp_path / "out")
+    np.testing.assert_allclose(sp, [1.2, 1.875, 1.875], atol=1e-4)
+    assert shape[1:] == (128, 128)
+    # only the network's change is resampled back: an unchanged input comes back bit for bit
+    out = nib.load(tmp_path / "out" / "scan_recon.nii.gz").get_fdata(dtype=np.float32)
+    assert np.array_equal(out, data)
+
+
+def test_weights_without_a_plan_are_refused_in_one_line(tmp_path):
+    root = _identity_bundle(tmp_path, NATIVE)
+    (root / "models" / "model.json").unlink()
+    data, aff = _template_crop()
+    src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, aff), src)
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(root / "configs" / "inference.json"),
+        "--bundle_root",
+        str(root),
+        "--input_path",
+        str(src),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert len(err) == 1 and "model.pt: no plan beside the weights" in err[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_weights_of_another_network_are_refused(tmp_path):
+    root = _identity_bundle(tmp_path, NATIVE)
+    side = json.loads((root / "models" / "model.json").read_text())
+    side["model"]["network"]["residual"] = False  # weights of a sigmoid (S4) network
+    (root / "models" / "model.json").write_text(json.dumps(side))
+    from mriae.errors import find_user_error
+
+    with pytest.raises(Exception) as e:
+        _run(root, tmp_path / "none.nii.gz", tmp_path / "out")
+    err = find_user_error(e.value)
+    assert (
+        err is not None and "residual: trained False, configured True" in str(err) and "s4.json" in str(err)
+    )
+
+
+def test_residual_head_predicts_the_corruption_of_the_centre_slice():
+    from mriae.networks import ResUNetAE
+
+    net = ResUNetAE(
+        in_channels=5, residual=True, full_res=8, channels=(8, 16, 32), norm="none", noise_map=True
+    )
+    x = torch.rand(2, 5, 32, 40)
+    with torch.no_grad():
+        correction = net.head[0](
+            torch.zeros(2, 8 // 2 + 8, 32, 40)
+        )  # what a zero feature map gives: the bias
+        net.head[0].weight.zero_()
+        y = net(x)
+    assert y.shape == (2, 1, 32, 40)
+    torch.testing.assert_close(y, x[:, 2:3] - correction)  # output = centre slice - predicted corruption
+    assert "Sigmoid" not in str(net.head) and "Sigmoid" in str(ResUNetAE().head)
+
+
+def test_adaptation_lowers_its_self_supervised_loss_on_a_small_real_volume():
+    from mriae.adapt import adapt_to_volume, blind_spot_batch
+    from mriae.networks import ResUNetAE
+    from mriae.preprocessing import robust_scale
+
+    torch.manual_seed(0)
+    data, _ = _template_crop()
+    clean, _, _ = robust_scale(torch.from_numpy(data))
+    noisy = (clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    net = ResUNetAE(
+        in_channels=5, residual=True, full_res=8, channels=(8, 16, 32), norm="none", noise_map=True
+    )
+    adapted, rec = adapt_to_volume(
+        net, noisy, 2, [0, 1, 2], seconds=600, max_steps=60, crop=32, batch_size=8, lr=1e-3
+    )
+    assert rec["steps"] == 60 and rec["loss_last"] < 0.8 * rec["loss_first"]
+    assert adapted is not net and not adapted.training
+    x = torch.rand(1, 5, 16, 16)
+    masked, mask = blind_spot_batch(x, 2, 0.25, torch.Generator().manual_seed(0))
+    assert mask.float().mean() > 0.1 and torch.equal(masked[:, [0, 1, 3, 4]], x[:, [0, 1, 3, 4]])
+    assert not torch.equal(masked[:, 2][mask[:, 0]], x[:, 2][mask[:, 0]])  # the hidden pixels are not shown
+
+
+def test_real_scan_protocol_on_colin27(tmp_path):
+    from mriae.errors import MissingFileError
+    from mriae.real_scan import corrupt, find_scan, reference, run_baseline, score
+
+    try:
+        scan = find_scan()
+    except MissingFileError:
+        pytest.skip("Debian's mricron-data is not unpacked (bash scripts/get_real_scan.sh)")
+    ref = reference(scan)
+    vol = ref["volume"]
+    assert vol.shape == (181, 217, 181) and vol.min() == 0 and vol.max() == 1
+    noisy = corrupt(vol, "gaussian-0.03")
+    assert np.array_equal(noisy, corrupt(vol, "gaussian-0.03"))  # seeded
+    assert abs(score(noisy, ref)["psnr"] - 31.3) < 0.3  # clipped noise of sigma 0.03 over the head's box
+    assert score(vol, ref)["psnr"] > 100 and score(vol, ref)["mean_ratio"] == pytest.approx(1.0)
+    out, info = run_baseline("gaussian", noisy, "gaussian-0.03")
+    assert score(out, ref)["psnr"] > score(noisy, ref)["psnr"] + 1  # smoothing helps against heavy noise
