@@ -307,6 +307,18 @@ class DeviceBatchLoader:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def state_dict(self) -> dict:
+        """The order and corruption generators' states (crash-resume, ``mriae.resume``)."""
+        state = {"generator": self.generator.get_state()}
+        if self.corruption_generator is not None:
+            state["corruption_generator"] = self.corruption_generator.get_state()
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.generator.set_state(state["generator"])
+        if self.corruption_generator is not None and "corruption_generator" in state:
+            self.corruption_generator.set_state(state["corruption_generator"])
+
     def order(self) -> torch.Tensor:
         n = len(self.dataset)
         if self.shuffle:

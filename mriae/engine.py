@@ -236,6 +236,12 @@ class BestCheckpoint:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.best = state.get("best")
+
     def __call__(self, engine: Engine) -> None:
         value = float(engine.state.metrics[self.metric])
         better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
@@ -309,21 +315,33 @@ class History:
         self._sum = self._sum + (loss.detach() if isinstance(loss, torch.Tensor) else float(loss))
         self._n += 1
 
+    def state_dict(self) -> dict:
+        return {"train_loss": list(self.train_loss), "validation": list(self.val)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.train_loss, self.val = list(state["train_loss"]), list(state["validation"])
+
     def _epoch(self, engine: Engine):
         if self._n:
             self.train_loss.append(float(self._sum) / self._n)
             engine.state.metrics["train_loss"] = self.train_loss[-1]
+        self._write_json()  # every epoch: a killed run leaves its own history beside its own model
 
     def _val(self, engine: Engine):
         self.val.append({k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
+        self._write_json()
+
+    def _write_json(self) -> dict:
+        from .data import atomic_write_text
+
+        hist = {"train_loss": self.train_loss, "validation": self.val}
+        atomic_write_text(self.output_dir / "history.json", json.dumps(hist, indent=2))
+        return hist
 
     def write(self, _=None) -> None:
         from .reports import plot_curves
 
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        hist = {"train_loss": self.train_loss, "validation": self.val}
-        (self.output_dir / "history.json").write_text(json.dumps(hist, indent=2))
-        plot_curves(hist, self.output_dir / "curves.png", self.metrics)
+        plot_curves(self._write_json(), self.output_dir / "curves.png", self.metrics)
 
 
 def param_groups(network: torch.nn.Module, l2: float = 0.0) -> list[dict]:
