@@ -143,8 +143,8 @@ class MLFlowHandler(_mlflow_handler_base()):
     def iteration_completed(self, engine) -> None:
         self._guard("iteration logging", super().iteration_completed, engine)
 
-    def complete(self, engine) -> None:
-        self._guard("logging the artifacts", super().complete, engine)
+    def complete(self) -> None:
+        self._guard("logging the artifacts", super().complete)
 
     def close(self) -> None:
         if self.offline:
