@@ -275,7 +275,11 @@ def load_weights(network: torch.nn.Module, path: str | Path, map_location="cpu")
         raise InputError(f"{path}: not a readable weights file ({type(e).__name__})") from None
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
-    missing, unexpected = getattr(network, "module", network).load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = getattr(network, "module", network).load_state_dict(state, strict=False)
+    except RuntimeError as e:  # tensors of other shapes
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise InputError(f"{path}: weights do not fit this network ({first})") from None
     if missing or unexpected:
         raise InputError(
             f"{path}: weights do not fit this network (missing {len(missing)}, unexpected {len(unexpected)} keys)"

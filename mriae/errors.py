@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["UserError", "InputError", "MissingFileError", "find_user_error", "install_excepthook"]
+__all__ = ["UserError", "InputError", "InputErrors", "MissingFileError", "find_user_error", "install_excepthook"]
 
 
 class UserError(Exception):
@@ -25,6 +25,14 @@ class InputError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class InputErrors(InputError):
+    """Several inputs are bad: reported one line each (``lines``)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = list(lines)
+        super().__init__("; ".join(self.lines))
 
 
 def find_user_error(exc: BaseException | None) -> UserError | None:
@@ -41,7 +49,8 @@ def _hook(exc_type, exc, tb, _previous=sys.excepthook):
     err = find_user_error(exc)
     if err is None:
         return _previous(exc_type, exc, tb)
-    print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+    for line in getattr(err, "lines", None) or [str(err)]:  # one line per problem (a folder's bad files)
+        print(f"error: {' '.join(str(line).split())}", file=sys.stderr, flush=True)
 
 
 def install_excepthook() -> None:

@@ -14,7 +14,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .errors import InputError, MissingFileError
+from .errors import InputError, InputErrors, MissingFileError, UserError
 from .preprocessing import robust_scale
 
 __all__ = [
@@ -28,8 +28,35 @@ __all__ = [
 ]
 
 
-def list_inputs(input_path: str | Path) -> list[dict]:
-    """Inference inputs: a volume file, a folder of volumes, or a DICOM folder (one item per series)."""
+def list_inputs(input_path: str | Path, validate: bool = True) -> list[dict]:
+    """Inference inputs: a volume file, a folder of volumes, or a DICOM folder (one item per series).
+
+    With ``validate``, a folder's inputs are all read and checked (loadable, finite, not constant)
+    BEFORE any is processed, so a bad file never leaves a folder half done: every failing file is
+    named, one per line, and nothing is written."""
+    items = _list_inputs(input_path)
+    if validate and len(items) > 1:
+        _validate(items)
+    return items
+
+
+def _validate(items: list[dict]) -> None:
+    from .io import load_volume
+    from .preprocessing import robust_scale
+
+    failures = []
+    for it in items:
+        name = it["image"] if it.get("series") is None else f"{it['image']} (series {it['series']})"
+        try:
+            robust_scale(load_volume(it["image"], series=it.get("series"))[0])
+        except UserError as e:
+            msg = " ".join(str(e).split())
+            failures.append(msg if str(it["image"]) in msg else f"{name}: {msg}")
+    if failures:
+        raise InputErrors([*failures, f"{len(failures)} of {len(items)} inputs cannot be used; nothing was written"])
+
+
+def _list_inputs(input_path: str | Path) -> list[dict]:
     from .io import find_dicom_series, is_dicom_dir
     from .sources import VOLUME_SUFFIXES
 

@@ -223,6 +223,8 @@ def _check_spacing(root: str, pos: np.ndarray, instances: Sequence) -> float:
 def _slice_pixels(root: str, path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Rescaled pixels of one slice, transposed to (columns, rows) = (axis 0, axis 1)."""
     ds = pydicom.dcmread(path)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise _fail(root, f"{Path(path).name}: no pixel data (the PixelData element is missing)")
     try:
         arr = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as e:  # missing decoder plugin, truncated or corrupt pixel data

@@ -73,8 +73,21 @@ def _loader(reader) -> LoadImage:
     return LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
 
 
+def _refuse_complex(path: Path) -> None:
+    """MONAI's loader would keep only the real part of complex voxels, silently."""
+    import nibabel as nib
+
+    try:
+        kind = np.dtype(nib.load(str(path)).get_data_dtype()).kind
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the reader itself
+        return
+    if kind == "c":
+        raise _fail(path, "complex voxels (real and imaginary parts): give the magnitude image")
+
+
 def _load_nibabel(path: Path, fmt: str) -> MetaTensor:
     """NIfTI / MGZ through MONAI's ``NibabelReader``; nibabel errors become :class:`VolumeReadError`."""
+    _refuse_complex(path)
     reader = NibabelReader()
     try:
         img = _loader(reader)(str(path), reader=reader)
@@ -153,4 +166,9 @@ def load_volume(path: str | Path, series: str | None = None) -> MetaTensor:
         img = _load_with(p, ItkVolumeReader(), fmt)
     if img.ndim != 4 or img.shape[0] != 1:
         raise _fail(p, f"expected a single 3-D volume, got array shape {tuple(img.shape)} (channel first)")
+    if min(img.shape[1:]) < 2:
+        raise _fail(p, f"a single slice (shape {tuple(img.shape[1:])}): need a 3-D volume of at least 2 slices")
+    aff = np.asarray(img.affine, dtype=float)
+    if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-9:
+        raise _fail(p, "singular or non-finite voxel-to-world affine: the volume cannot be placed in space")
     return img

@@ -208,6 +208,8 @@ class SaveLikeInputd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if Path(output_dir).exists() and not Path(output_dir).is_dir():  # say so before any compute
+            raise InputError(f"{output_dir}: --output_dir exists and is not a folder")
         self.output_dir = output_dir
         self.postfixes = ensure_tuple_rep(output_postfix, len(self.keys))
         self.meta_from, self.print_log = meta_from, print_log
