@@ -52,7 +52,7 @@ S4_BUNDLES: dict[str, dict] = {
         "count_text": (
             "460,609 (full pre-activation, exactly S4's figure); 460,993 with `--block original`, "
             "which is also what the seed's own `residual_cae.py` builds (S4's text says 462,017: 0.22 % "
-            "apart; the seed code we read has no extra layer to account for the 1,024)"
+            "apart; S4's published code has no extra layer to account for the 1,024)"
         ),
         "reference": "He, K. et al. Identity mappings in deep residual networks. ECCV 2016.",
     },

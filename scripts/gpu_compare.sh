@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Full S4 comparison on a GPU box (the lead's run): every S4 architecture with S4's recipe (up to 100
+# Full S4 comparison on a GPU box (the run behind docs/results.md): every S4 architecture with S4's recipe (up to 100
 # epochs, early stopping patience 20, reduce-on-plateau, every relevant slice), MSE and DSSIM, and
 # the L2 = 1e-5 variants of S4's table; all evaluated on the same corrupted test slices, with the
 # baselines, paired tests, bootstrap CIs, leaderboard, figures.
