@@ -168,7 +168,8 @@ class AutocastInferer(SimpleInferer):
 
 class TimeLimit:
     """Stop training ``seconds`` after it started (checked after every iteration; the epoch's
-    validation is then skipped and the best checkpoint so far is kept). The clock starts with the
+    validation is then skipped and the best checkpoint so far is kept; ``--resume True`` continues
+    from the last completed epoch). The clock starts with the
     trainer's run, so building the data and the network does not count (Ignite's own
     ``TimeLimit`` counts from its creation)."""
 
@@ -187,6 +188,7 @@ class TimeLimit:
         def check(e: Engine):
             if time.perf_counter() - self._t0 > float(self.seconds):
                 e.logger.info("time limit of %s s reached: stopping", self.seconds)
+                e.state.time_limit_reached = True  # a resume checkpoint is kept: --resume True goes on
                 e.terminate()
 
         engine.add_event_handler(Events.STARTED, start)

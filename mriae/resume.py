@@ -150,6 +150,8 @@ class ResumeCheckpoint:
         os.replace(tmp, self.dir / "resume.json")
 
     def _finish(self, engine: Engine) -> None:
+        if getattr(engine.state, "time_limit_reached", False):
+            return  # stopped by --time_limit: kept, so that --resume True continues it
         shutil.rmtree(self.dir, ignore_errors=True)  # done: nothing to resume
 
 
