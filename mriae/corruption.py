@@ -274,8 +274,12 @@ class Augmentation:
         gamma_range: Sequence[float] | None = (0.7, 1.5),
         scale_range: Sequence[float] | None = (0.85, 1.15),
         sharpen_range: Sequence[float] | None = None,
+        texture_range: Sequence[float] | None = None,
+        texture_sigma: float = 0.7,
     ) -> None:
         self.flip, self.transpose = bool(flip), bool(transpose)
+        self.texture_range = None if texture_range is None else _range(texture_range)
+        self.texture_sigma = float(texture_sigma)
         self.sharpen_range = None if sharpen_range is None else _range(sharpen_range)
         self.gamma_range = None if gamma_range is None else _range(gamma_range)
         self.scale_range = None if scale_range is None else _range(scale_range)
@@ -289,6 +293,8 @@ class Augmentation:
             "gamma_range": None if self.gamma_range is None else list(self.gamma_range),
             "scale_range": None if self.scale_range is None else list(self.scale_range),
             "sharpen_range": None if self.sharpen_range is None else list(self.sharpen_range),
+            "texture_range": None if self.texture_range is None else list(self.texture_range),
+            "texture_sigma": self.texture_sigma,
         }
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -312,4 +318,10 @@ class Augmentation:
             amount = Corruption._uniform(self.sharpen_range, b, g, x).view(view)
             blur = Corruption(**_NONE, blur_prob=1.0, blur_sigma=1.0, blur_kernel_size=None)._blur(x)
             x = (x + amount * (x - blur)).clamp_min(0)
+        if self.texture_range is not None:  # fine anatomy-like texture, the same in every context slice
+            field = torch.randn((b, 1, *x.shape[2:]), generator=g, device=x.device, dtype=x.dtype)
+            field = Corruption(**_NONE, blur_prob=1.0, blur_sigma=self.texture_sigma, blur_kernel_size=None)._blur(field)
+            field = field / field.flatten(1).std(1).clamp_min(1e-8).view(view)
+            amount = Corruption._uniform(self.texture_range, b, g, x).view(view)
+            x = (x * (1 + amount * field)).clamp_min(0)
         return x.contiguous()
