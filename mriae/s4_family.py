@@ -155,13 +155,15 @@ def derive_configs(src: str | Path, name: str) -> dict[str, dict | str]:
     out["evaluate.json"] = _load(src / "configs" / "evaluate.json")
     meta = _load(src / "configs" / "metadata.json")
     meta["name"] = name
-    meta["version"] = "0.1.0"
+    meta["version"] = "0.2.0"
     meta["changelog"] = {
-        "0.1.0": f"{spec['title']} of S4 on the mriae data path, derived from res_unet's configs"
+        "0.2.0": "The default becomes a residual 2.5D denoiser trained like res_unet's; S4's recipe is configs/s4.json",
+        "0.1.0": f"{spec['title']} of S4 on the mriae data path, derived from res_unet's configs",
     }
     meta["description"] = spec["description"] + (
-        " Trained like res_unet (S4's corruption, losses and recipe). The default data is a synthetic "
-        "demo cohort derived from the public ICBM152 templates (see docs/README.md)."
+        " Trained by default like res_unet as a residual 2.5D denoiser (5 slices in, the centre's noise "
+        "predicted); S4's recipe is configs/s4.json. The data are synthetic subjects derived from the public "
+        "ICBM152 templates (see docs/README.md)."
     )
     meta["references"] = [meta["references"][0], spec["reference"]]
     out["metadata.json"] = meta
@@ -184,12 +186,23 @@ def model_card(src: str | Path, name: str) -> str:
         "myronenko_ae": "`spatial_dropout`, `network_def#channels`, `network_def#blocks`",
     }[name]
     overview = (
-        f"A 2D convolutional autoencoder that reconstructs clean sagittal T1-weighted brain MRI slices "
-        f"from corrupted inputs (noise, pixel dropout, blank-out, blur). {spec['description']} "
+        f"A 2D convolutional autoencoder of S4's family. {spec['description']} "
         f"(S4, section {spec['section']}; `mriae.networks`, 2D or 3D by `spatial_dims`).\n\n"
         f"```\n{spec['diagram']}\n```\n"
-        f"Parameters, counted as Keras does (batch-norm running statistics included): {spec['count_text']}. "
-        f"Config keys: {opts}, `img_size`.\n\n"
+        f"Parameters in S4's layer plan, counted as Keras does (batch-norm running statistics included): "
+        f"{spec['count_text']}. Config keys: {opts}, `img_size`.\n\n"
+        "By default it is trained like res_unet as a residual 2.5D denoiser: 5 neighbouring slices in, the "
+        "centre slice's noise predicted and subtracted (`residual`, no sigmoid), Gaussian or Rician noise "
+        "of random level, the denoisers' cohort at 1 mm"
+        + (
+            ", with res_unet's noise-level map, full-resolution stage and no batch norm (`noise_map`, "
+            "`full_res`, `norm`). "
+            if spec["network_def"]["_target_"].endswith("ResUNetAE")
+            else " (the noise-level map and the full-resolution stage are res_unet's; this network keeps its "
+            "batch norm). "
+        )
+        + "**S4's exact recipe** (128x128 single slices, sigmoid reconstruction, S4's corruption) is "
+        "`configs/s4.json` merged over train.json.\n\n"
     )
     b = f"bundles/{name}"
     commands = (
@@ -220,7 +233,7 @@ def model_card(src: str | Path, name: str) -> str:
         "MONAI bundle commands": commands,
         "References": refs,
     }
-    out = [f"# {name}: {spec['title']} for brain MRI slices\n\n"]
+    out = [f"# {name}: {spec['title']} for brain MRI\n\n"]
     for title, text in sec.items():
         out.append(f"## {title}\n{body.get(title, text)}")
     return "".join(out).rstrip("\n") + "\n"
