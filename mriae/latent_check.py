@@ -23,7 +23,7 @@ import torch
 
 from .errors import InputError, UserError
 
-__all__ = ["latent_stats", "main"]
+__all__ = ["latent_stats", "LatentCheck", "main"]
 
 
 @torch.no_grad()
@@ -64,6 +64,38 @@ def latent_stats(
         "noise_input_change": dx / len(x),
         "noise_output_change": dy / len(x),
     }
+
+
+class LatentCheck:
+    """Ignite handler for a validator: after each validation run, ``latent_stats`` of ``network`` on the
+    volumes (or slices) of ``dataset`` go into ``engine.state.metrics`` as ``<prefix>code_saturated``,
+    ``<prefix>code_spread``, ``<prefix>output_spread`` and ``<prefix>noise_output_change``, so the
+    training history (and MLflow) shows when a code saturates or stops depending on the input."""
+
+    def __init__(
+        self, network: torch.nn.Module, dataset, prefix: str = "val_", noise_std: float = 0.1
+    ) -> None:
+        self.network, self.dataset, self.prefix, self.noise_std = network, dataset, prefix, noise_std
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            s = latent_stats(self.network, self.dataset.images, noise_std=self.noise_std)
+        finally:
+            self.network.train(was_training)
+        for key, name in (
+            ("latent_saturated_fraction", "code_saturated"),
+            ("latent_spread", "code_spread"),
+            ("output_spread", "output_spread"),
+            ("noise_output_change", "noise_output_change"),
+        ):
+            engine.state.metrics[self.prefix + name] = s[key]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
