@@ -391,6 +391,7 @@ def test_cae_3d_code_is_alive_where_s1s_design_saturates(trained, tmp_path, caps
         use_mlflow=False,
         **TINY["cae_3d"],
     )
+    capsys.readouterr()  # the training's log
     stats = {}
     for name, root, norm in (("default", trained["cae_3d"], None), ("s1", s1, "null")):
         sets = [x for k, v in small.items() for x in ("--set", f"{k}={json.dumps(v)}")]
