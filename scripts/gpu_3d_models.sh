@@ -158,6 +158,9 @@ if (cmp_ / "summary.csv").is_file():
         "checkpoint": json.loads((root / "models" / "model.json").read_text()),
         "train_loss": [round(v, 6) for v in hist["train_loss"]],
         "val_clean_psnr": [round(v["val_clean_psnr"], 3) for v in hist["validation"]],
+        "val_code_saturated": [round(v.get("val_code_saturated", float("nan")), 4) for v in hist["validation"]],
+        "val_code_spread": [round(v.get("val_code_spread", float("nan")), 5) for v in hist["validation"]],
+        "val_noise_output_change": [v.get("val_noise_output_change") for v in hist["validation"]],
     }
     psnr = {k.split("/")[0]: v[0] for k, v in c["cae_3d"].items() if k.endswith("/psnr")}
     S["cae_3d"]["psnr_by_condition"] = psnr
