@@ -21,16 +21,26 @@ replaces the iteration:
   iteration's fakes under the critic before its update (no extra forward pass).
 
 ``GanLosses`` averages these per epoch into ``engine.state.metrics`` (``train_<name>``), so MLflow's
-epoch log records them; ``GanCheckpoint`` saves generator and critic weights atomically each epoch.
+epoch log records them; ``GanCheckpoint`` saves generator and critic weights atomically each epoch
+and, with ``state_path``, the whole training state (both networks and optimisers, the update
+counters, the epoch and the random generators) every ``state_interval`` epochs and when the run
+ends. ``GanResume`` loads that state when the next command starts, so a GAN run longer than one
+command continues where the last one stopped (``StopAfter`` ends a command at an epoch boundary
+once its time is up). A gradient-penalty critic with batch norm is refused: the penalty is taken
+per sample, and batch norm makes each sample's score depend on the rest of the batch.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
@@ -44,8 +54,11 @@ __all__ = [
     "RealImages",
     "GanLosses",
     "GanCheckpoint",
+    "GanResume",
+    "StopAfter",
     "OUTPUT_KEYS",
 ]
+logger = logging.getLogger("mriae.gan")
 
 OUTPUT_KEYS = ("g_loss", "d_loss", "gp", "grad_norm", "d_real", "d_fake", "wasserstein")
 
@@ -125,6 +138,13 @@ class AdversarialTrainer(GanTrainer):
     ) -> None:
         if n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
+        critic = kwargs.get("d_network")
+        if gp_weight > 0 and critic is not None:
+            bn = [
+                n for n, m in critic.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            ]
+            if bn:
+                raise ValueError(f"a gradient-penalty critic must not use batch norm (found {bn[0]!r})")
         self.adversarial_loss = AdversarialLoss(loss)
         kwargs.setdefault("g_loss_function", self.adversarial_loss.generator)
         kwargs.setdefault("d_loss_function", self.adversarial_loss.critic)
@@ -240,10 +260,32 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    return getattr(net, "module", net)
+
+
 class GanCheckpoint:
     """After every epoch write the generator's state_dict to ``path`` (what inference loads) and the
     critic's to ``critic_path``, atomically, with a JSON sidecar (epoch, updates, epoch metrics, ``info``).
-    GANs have no validation loss to pick a best epoch by; the curves say which epoch to trust."""
+    GANs have no validation loss to pick a best epoch by; the curves say which epoch to trust.
+
+    With ``state_path``, also the full training state (``GanResume`` reads it) every
+    ``state_interval`` epochs and when the run completes or is stopped (``StopAfter``)."""
 
     def __init__(
         self,
@@ -252,14 +294,41 @@ class GanCheckpoint:
         path: str,
         critic_path: str | None = None,
         info: Mapping | None = None,
+        state_path: str | None = None,
+        state_interval: int = 1,
     ) -> None:
         self.generator, self.critic = generator, critic
         self.path = Path(path)
         self.critic_path = Path(critic_path) if critic_path else self.path.with_name("critic.pt")
         self.info = dict(info or {})
+        self.state_path = Path(state_path) if state_path else None
+        self.state_interval = max(1, int(state_interval))
+        self._saved_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        if self.state_path is not None:
+            engine.add_event_handler(Events.COMPLETED, self.save_state)
+
+    def save_state(self, engine: Engine) -> None:
+        """The whole training state, atomically (skipped when this epoch's state is already saved)."""
+        if self.state_path is None or self._saved_epoch == engine.state.epoch:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "epoch": engine.state.epoch,
+            "iteration": engine.state.iteration,
+            "epoch_length": engine.state.epoch_length,
+            "g_updates": getattr(engine, "g_updates", 0),
+            "d_updates": getattr(engine, "d_updates", 0),
+            "generator": _unwrap(self.generator).state_dict(),
+            "critic": _unwrap(self.critic).state_dict(),
+            "g_optimizer": engine.g_optimizer.state_dict(),
+            "d_optimizer": engine.d_optimizer.state_dict(),
+            "rng": _rng_state(),
+        }
+        _atomic_save(state, self.state_path)
+        self._saved_epoch = engine.state.epoch
 
     def __call__(self, engine: Engine) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,3 +346,71 @@ class GanCheckpoint:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta, indent=2, default=str))
         os.replace(tmp, self.path.with_suffix(".json"))
+        if self.state_path is not None and engine.state.epoch % self.state_interval == 0:
+            self.save_state(engine)
+
+
+class GanResume:
+    """At the start of a run, load the training state that ``GanCheckpoint(state_path=...)`` wrote (if
+    the file exists and ``enabled``): both networks and optimisers, the update counters, the random
+    generators, and the trainer's epoch and iteration, so Ignite continues with the next epoch up to
+    ``max_epochs``; ``quality`` (a ``mriae.gan_metrics.GanQuality``) gets back its curves up to that
+    epoch. The saved ``epoch_length`` must match the run's (otherwise "epoch N" would mean other
+    updates): a mismatch is refused."""
+
+    def __init__(self, path: str, enabled: bool = True, quality=None) -> None:
+        self.path, self.enabled, self.quality = Path(path), bool(enabled), quality
+        self.resumed_epoch: int | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not (self.enabled and self.path.is_file()):
+            return
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state["epoch_length"] != engine.state.epoch_length:
+            raise ValueError(
+                f"{self.path}: saved with epoch_length {state['epoch_length']}, this run has "
+                f"{engine.state.epoch_length}; resume with the same epoch_length (or delete the file)"
+            )
+        _unwrap(engine.g_network).load_state_dict(state["generator"])
+        _unwrap(engine.d_network).load_state_dict(state["critic"])
+        engine.g_optimizer.load_state_dict(state["g_optimizer"])
+        engine.d_optimizer.load_state_dict(state["d_optimizer"])
+        engine.g_updates, engine.d_updates = int(state["g_updates"]), int(state["d_updates"])
+        engine.state.epoch, engine.state.iteration = int(state["epoch"]), int(state["iteration"])
+        _set_rng_state(state["rng"])
+        if self.quality is not None:
+            self.quality.restore(engine.state.epoch)
+        self.resumed_epoch = engine.state.epoch
+        logger.info(
+            "resumed from %s: epoch %d, %d generator updates", self.path, engine.state.epoch, engine.g_updates
+        )
+
+
+class StopAfter:
+    """End the run at the first epoch end after ``seconds`` of wall-clock time (None: never), so a
+    command with a time limit stops where ``GanCheckpoint`` saves a state ``GanResume`` continues from."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = None if seconds is None else float(seconds)
+        self._start: float | None = None
+        self.stopped_at: int | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _started(self, _=None) -> None:
+        self._start = time.monotonic()
+
+    def __call__(self, engine: Engine) -> None:
+        if self.seconds is None or self._start is None:
+            return
+        if time.monotonic() - self._start >= self.seconds and engine.state.epoch < engine.state.max_epochs:
+            self.stopped_at = engine.state.epoch
+            logger.info(
+                "time limit of %.0f s reached: stopping after epoch %d", self.seconds, engine.state.epoch
+            )
+            engine.terminate()

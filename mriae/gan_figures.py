@@ -43,7 +43,8 @@ def sample_grid(x: torch.Tensor, path: str | Path, title: str = "") -> None:
 
 
 def plot_gan_curves(history: list[dict], path: str | Path) -> None:
-    """Panels: losses; critic (Wasserstein estimate, gradient penalty); diversity; fidelity."""
+    """Panels: losses; critic (Wasserstein estimate, gradient penalty); the critic's gradient norm at
+    x_hat (WGAN-GP); diversity; fidelity."""
     ep = np.array([h["epoch"] for h in history])
 
     def col(k):
@@ -52,6 +53,7 @@ def plot_gan_curves(history: list[dict], path: str | Path) -> None:
     panels = [
         ("losses", ["train_g_loss", "train_d_loss"]),
         ("critic", ["train_wasserstein", "train_gp", "train_d_real", "train_d_fake"]),
+        ("critic gradient norm at x_hat (1: 1-Lipschitz)", ["train_grad_norm"]),
         ("diversity (pairwise MS-SSIM)", ["gen_msssim", "real_msssim"]),
         ("Frechet distance (AE features)", ["fd"]),
         ("MMD (AE features)", ["mmd", "mmd_rbf"]),
@@ -63,6 +65,8 @@ def plot_gan_curves(history: list[dict], path: str | Path) -> None:
             if np.isfinite(y).any():
                 ax.plot(ep, y, "o-", ms=3, label=k)
         ax.set(title=title, xlabel="epoch")
+        if keys == ["train_grad_norm"] and ax.lines:
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
         if ax.lines:
             ax.legend(fontsize=7)
     _save(fig, Path(path))

@@ -17,7 +17,9 @@ S1 judged its GANs by eye; these numbers replace that:
   and ``mmd_rbf``, a Gaussian-kernel MMD^2 (bandwidth: median pairwise distance of the real set),
   which also sees differences in spread such as collapse.
 
-``GanQuality`` is the Ignite handler the bundles attach to the trainer.
+``GanQuality`` is the Ignite handler the bundles attach to the trainer. It also records
+``gen_spread`` / ``real_spread`` (the std across samples, averaged over pixels or voxels): a generator
+that returns one image whatever its noise has ``gen_spread`` 0.
 """
 
 from __future__ import annotations
@@ -207,8 +209,10 @@ class GanQuality:
         ff = self.features(fakes_m.to(dev)).cpu()
         rf = self._real_feats
         return {
-            "gen_msssim": pairwise_msssim(fakes_m, self.kernel_size),
+            "gen_msssim": pairwise_msssim(fakes_m.to(dev), self.kernel_size),
             "real_msssim": self.real_msssim,
+            "gen_spread": float(fakes_m.float().std(0).mean()),
+            "real_spread": float(self.reals.std(0).mean()),
             "fd": frechet_distance(rf, ff),
             "mmd": mmd_linear(rf, ff),
             "mmd_rbf": mmd_rbf(rf, ff),
@@ -235,6 +239,12 @@ class GanQuality:
         self.history.append(rec)
         self.write()
         logger.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    def restore(self, epoch: int) -> None:
+        """Take back the curves of an earlier run of the same training up to ``epoch`` (``GanResume``)."""
+        path = self.output_dir / "curves.json"
+        if path.is_file():
+            self.history = [e for e in json.loads(path.read_text())["epochs"] if e["epoch"] <= epoch]
 
     def write(self, _=None) -> None:
         from .data import atomic_write_text

@@ -10,7 +10,15 @@ import pytest
 import torch
 from conftest import REPO
 
-from mriae.gan import AdversarialLoss, AdversarialTrainer, GanLosses, gradient_penalty
+from mriae.gan import (
+    AdversarialLoss,
+    AdversarialTrainer,
+    GanCheckpoint,
+    GanLosses,
+    GanResume,
+    StopAfter,
+    gradient_penalty,
+)
 from mriae.gan_metrics import AEFeatures, frechet_distance, mmd_linear, mmd_rbf, pairwise_msssim
 from mriae.networks import GanDiscriminator, GanGenerator, count_parameters
 
@@ -42,6 +50,51 @@ def test_3d_networks_are_the_same_class_with_spatial_dims_3():
     assert isinstance(g.deconv[0], torch.nn.ConvTranspose3d) and isinstance(d.conv[0], torch.nn.Conv3d)
     with pytest.raises(ValueError, match="divisible"):
         GanGenerator(img_size=60)
+
+
+def test_3d_generator_with_batch_norm_and_4_kernels_doubles_exactly_and_the_critic_has_none():
+    g = GanGenerator(3, channels=(32, 16, 8), img_size=32, kernel_size=4, norm="batch")
+    d = GanDiscriminator(3, channels=(8, 16, 32), img_size=32, kernel_size=4, sigmoid=False)
+    v = g(torch.randn(3, 200))
+    assert v.shape == (3, 1, 32, 32, 32) and d(v).shape == (3, 1) and 0 < float(v.min()) < float(v.max()) < 1
+    bn = [m.num_features for m in g.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert bn == [32, 16, 8]  # after the dense layer and after each hidden transposed convolution
+    assert [m.kernel_size for m in g.deconv if isinstance(m, torch.nn.ConvTranspose3d)] == [(4, 4, 4)] * 3
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in d.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in GanGenerator().modules())  # S1: none
+    # batch norm makes the output vary with z from the first step (S1's plain generator barely does)
+    torch.manual_seed(0)
+    plain = GanGenerator(3, channels=(32, 16, 8), img_size=32).eval()
+    assert v.std(0).mean() > 5 * plain(torch.randn(3, 200)).std(0).mean()
+
+
+def test_a_gradient_penalty_critic_with_batch_norm_is_refused():
+    from torch.utils.data import DataLoader
+
+    g = GanGenerator(channels=(8, 4), img_size=16, latent_size=6)
+    d = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(1)
+    )
+    kw = dict(device="cpu", max_epochs=1, train_data_loader=DataLoader([torch.zeros(1, 16, 16)]), g_network=g,
+              g_optimizer=torch.optim.Adam(g.parameters()), d_network=d, latent_shape=6, loss="wasserstein")  # fmt: skip
+    with pytest.raises(ValueError, match="batch norm"):
+        AdversarialTrainer(**kw, d_optimizer=torch.optim.Adam(d[0].parameters()), gp_weight=10.0)
+    AdversarialTrainer(
+        **kw, d_optimizer=torch.optim.Adam(d[0].parameters()), gp_weight=0.0
+    )  # no penalty: allowed
+
+
+def test_gradient_penalty_is_per_sample_over_all_voxels_of_a_volume():
+    # D(x) = sum(x^2) / 2 per sample has gradient x_hat_i: the penalty is mean_i (||x_hat_i||_2 - 1)^2 with
+    # the norm over every voxel of sample i, not over the batch or one channel
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(3, 1, 4, 5, 6, generator=g), torch.rand(3, 1, 4, 5, 6, generator=g)
+    eps = torch.tensor([0.2, 0.5, 0.9]).view(3, 1, 1, 1, 1)
+    gp, norm = gradient_penalty(lambda x: (x**2).flatten(1).sum(1) / 2, real, fake, eps=eps)
+    x_hat = eps * real + (1 - eps) * fake
+    per_sample = torch.sqrt((x_hat**2).sum(dim=(1, 2, 3, 4)))
+    assert float(norm) == pytest.approx(float(per_sample.mean()), rel=1e-6)
+    assert float(gp) == pytest.approx(float(((per_sample - 1) ** 2).mean()), rel=1e-6)
 
 
 def test_gradient_penalty_of_a_linear_critic_equals_the_hand_computation():
@@ -138,6 +191,40 @@ def test_n_critic_critic_updates_on_fresh_real_batches_per_generator_update():
     assert m["train_gp"] > 0
 
 
+def test_a_stopped_and_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path):
+    """GanCheckpoint(state_path) + GanResume: networks, optimisers, update counters, epoch and random
+    generators come back, so 2 epochs, a stop and 2 more give the very weights of 4 epochs in one run."""
+
+    def run(epochs, state, handlers=()):
+        ck = []
+        t, _, _ = _trainer(n_critic=2, gp_weight=10.0, loss="wasserstein", n_batches=4, epochs=epochs)
+        ckpt = GanCheckpoint(t.g_network, t.d_network, str(tmp_path / state / "model.pt"),
+                             state_path=str(tmp_path / state / "state.pt"), state_interval=100)  # fmt: skip
+        for h in (GanResume(str(tmp_path / state / "state.pt")), ckpt, *handlers):
+            h.attach(t)
+            ck.append(h)
+        t.run()
+        return t, ck
+
+    whole, _ = run(4, "whole")
+    first, (_, _, stop) = run(4, "split", [StopAfter(0.0)])  # the time is up after the first epoch
+    assert stop.stopped_at == 1 and first.state.epoch == 1 and (first.g_updates, first.d_updates) == (2, 4)
+    assert (tmp_path / "split" / "state.pt").is_file()  # saved when the stopped run completed
+    second, (resume, _) = run(4, "split")
+    assert (
+        resume.resumed_epoch == 1
+        and second.state.epoch == 4
+        and (second.g_updates, second.d_updates) == (8, 16)
+    )
+    for a, b in ((whole.g_network, second.g_network), (whole.d_network, second.d_network)):
+        for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(x, y, rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match="epoch_length"):  # "epoch 1" of another length is another state
+        t, _, _ = _trainer(n_critic=2, gp_weight=10.0, loss="wasserstein", n_batches=3, epochs=4)
+        GanResume(str(tmp_path / "split" / "state.pt")).attach(t)
+        t.run()
+
+
 def test_dcgan_updates_both_networks_every_batch():
     t, steps, _ = _trainer(n_critic=1, gp_weight=0.0, loss="bce", n_batches=4, epochs=2)
     t.run()
@@ -213,7 +300,17 @@ def test_bundle_metadata_and_generator_io_verify(bundle):
     train = ConfigParser.load_config_file(cfg / "train.json")
     infer = ConfigParser.load_config_file(cfg / "inference.json")
     assert train["network_def"] == infer["network_def"] and train["g_channels"] == infer["g_channels"]
-    assert train["learning_rate"] == 5e-5 and train["betas"] == [0.5, 0.9]
+    assert train["betas"] == [0.5, 0.9] and train["resume"] is False and train["stop_after_s"] is None
+    if (
+        bundle == "wgan_gp_3d"
+    ):  # a live 3D recipe; S1's 2D recipe in 3D (the former default) is configs/s1.json
+        assert (train["learning_rate"], train["g_norm"], train["kernel_size"]) == (1e-4, "batch", 4)
+        assert (infer["g_norm"], infer["kernel_size"]) == ("batch", 4)
+        s1 = ConfigParser.load_config_file(cfg / "s1.json")
+        assert (s1["learning_rate"], s1["g_norm"], s1["kernel_size"]) == (5e-5, None, 5)
+        assert s1["g_channels"] == [512, 256, 128, 64] and s1["d_channels"] == [64, 128, 256, 512]
+    else:  # S1's exact recipe
+        assert train["learning_rate"] == 5e-5 and "g_norm" not in train
     wgan = bundle.startswith("wgan")
     assert (train["n_critic"], train["gp_weight"], train["loss_name"]) == (
         (5, 10.0, "wasserstein") if wgan else (1, 0.0, "bce")

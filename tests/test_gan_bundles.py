@@ -104,7 +104,12 @@ def gan_runs(small_prepared, tmp_path_factory):
             args += ["--tracking", "mlflow"]
         if name == "wgan_gp_3d":
             args += ["--use_mlflow", "False"]
-        runs[name] = {"root": root, "uri": uri, "db": base / (name + ".db")}
+        runs[name] = {
+            "root": root,
+            "uri": uri,
+            "db": base / (name + ".db"),
+            "data": str(small_prepared.parent),
+        }
         procs[name] = subprocess.Popen(
             _cmd(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -252,3 +257,32 @@ def _artifacts(client, run_id, path=None) -> set[str]:
     for f in client.list_artifacts(run_id, path):
         names |= _artifacts(client, run_id, f.path) if f.is_dir else {f.path.rsplit("/", 1)[-1]}
     return names
+
+
+def test_3d_gan_continues_with_resume_and_stops_at_its_time_limit(gan_runs):
+    """A second command with ``--resume True`` continues the 2-epoch run of the fixture from its saved
+    state (update counters, curves) instead of starting again; ``--stop_after_s 0`` stops after one
+    more epoch, saved and resumable (runs are run last: they change the fixture's run)."""
+    run = gan_runs["wgan_gp_3d"]
+    root = run["root"]
+    base = [
+        "training", "--config_file", str(root / "configs" / "train.json"), "--bundle_root", str(root),
+        "--dataset_dir", run["data"], "--use_mlflow", "False", "--quality_samples", "8",
+        "--resume", "True", *SMALL["wgan_gp_3d"],
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    for extra in (
+        ["--train#trainer#max_epochs", "5", "--stop_after_s", "0"],
+        ["--train#trainer#max_epochs", "4"],
+    ):
+        res = subprocess.run(
+            _cmd(*base, *extra), cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    c = _curves(run)
+    # 2 epochs from the fixture, 1 until the time limit, 1 more to max_epochs 4: one curve, no restart
+    assert [e["epoch"] for e in c["epochs"]] == [1, 2, 3, 4]
+    assert [e["generator_updates"] for e in c["epochs"]] == [1, 2, 3, 4]
+    side = json.loads((root / "models" / "model.json").read_text())
+    assert (side["epoch"], side["generator_updates"], side["critic_updates"]) == (4, 4, 20)
+    assert "resumed from" in res.stdout + res.stderr

@@ -16,6 +16,14 @@ Layer plan, 2D at 64x64 (``channels=(64, 128, 256, 256)``, ``latent_size=100``):
 3D (S1's volume CAE): the same with 3D kernels on 1x160x64x64, flatten 256x10x4x4, latent 200.
 S1 does not state the activation after the decoder's dense layer; we use ReLU like the rest of the
 decoder. Any input size divisible by 16 works (``img_size`` fixes the dense layers' sizes).
+
+The defaults are S1's design exactly. ``norm`` (a MONAI norm spec such as ``("group", {"num_groups":
+8})``) puts a normalisation layer between every convolution / transposed convolution and its
+activation (not after the output head): the ``cae_3d`` bundle's default, because without it the
+dense sigmoid code of the 3D network saturates within the first ten Adam steps (every unit at 1.0
+for every volume; measured in ``docs/results_s1_s3.md``). ``param_groups`` gives the encoder's dense
+layer its own learning rate (Adam moves each of its ``flatten x latent`` weights by about ``lr`` per
+step, so the pre-sigmoid code moves by about ``lr x flatten width``: 40,960 in 3D).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.layers import Conv
+from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
 __all__ = ["CAE"]
@@ -46,6 +55,8 @@ class CAE(nn.Module):
         latent_size: width of the dense latent (S1: 100 in 2D, 200 in 3D).
         channels: encoder widths; the decoder mirrors them.
         negative_slope: LeakyReLU slope of the encoder (S1: 0.2).
+        norm: None (S1) or a MONAI norm spec (``"batch"``, ``("group", {"num_groups": 8})``, ...)
+            applied after every convolution and transposed convolution but the output head.
 
     ``encode(x)`` gives the latent in (0, 1), ``decode(z)`` the image in (0, 1); ``encoder`` and
     ``decoder`` are ``nn.Sequential`` of stages (``mriae.visualize`` hooks them).
@@ -59,6 +70,7 @@ class CAE(nn.Module):
         latent_size: int = 100,
         channels: Sequence[int] = (64, 128, 256, 256),
         negative_slope: float = 0.2,
+        norm: str | tuple | None = None,
     ) -> None:
         super().__init__()
         self.spatial_dims, self.img_size = spatial_dims, _size(img_size, spatial_dims)
@@ -66,9 +78,16 @@ class CAE(nn.Module):
         if any(s % f for s in self.img_size):
             raise ValueError(f"img_size {self.img_size} must be divisible by {f}")
         conv, convt = Conv[Conv.CONV, spatial_dims], Conv[Conv.CONVTRANS, spatial_dims]
+        self.norm = norm
+
+        def normed(layer: nn.Module, ch: int, act: nn.Module) -> nn.Sequential:
+            if norm is None:
+                return nn.Sequential(layer, act)
+            return nn.Sequential(layer, get_norm_layer(norm, spatial_dims, ch), act)
+
         enc, prev = [], in_channels
         for ch in channels:
-            enc.append(nn.Sequential(conv(prev, ch, 5, stride=2, padding=2), nn.LeakyReLU(negative_slope)))
+            enc.append(normed(conv(prev, ch, 5, stride=2, padding=2), ch, nn.LeakyReLU(negative_slope)))
             prev = ch
         self.encoder = nn.Sequential(*enc)
         self.bottom = (channels[-1], *(s // f for s in self.img_size))
@@ -78,12 +97,22 @@ class CAE(nn.Module):
         outs = [*reversed(channels[:-1]), in_channels]
         dec, prev = [], channels[-1]
         for i, ch in enumerate(outs):
+            layer = convt(prev, ch, 4, stride=2, padding=1)
             last = i == len(outs) - 1
-            dec.append(
-                nn.Sequential(convt(prev, ch, 4, stride=2, padding=1), nn.Sigmoid() if last else nn.ReLU())
-            )
+            dec.append(nn.Sequential(layer, nn.Sigmoid()) if last else normed(layer, ch, nn.ReLU()))
             prev = ch
         self.decoder = nn.Sequential(*dec)
+
+    def param_groups(self, latent_lr: float | None = None) -> list[dict]:
+        """Optimiser parameter groups: the encoder's dense layer (``to_latent``) with ``latent_lr``
+        (None: the optimiser's own lr), everything else with the optimiser's lr."""
+        dense = list(self.to_latent.parameters())
+        ids = {id(p) for p in dense}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        groups = [{"params": rest}, {"params": dense}]
+        if latent_lr is not None:
+            groups[1]["lr"] = float(latent_lr)
+        return groups
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.encoder(x))

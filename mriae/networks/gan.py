@@ -10,9 +10,14 @@ Layer plan at 64x64 (``channels=(1024, 512, 256, 128)``, ``latent_size=200``)::
     ConvT 1 + sigmoid                64x64
 
 20,500,481 generator and 17,224,705 discriminator parameters in 2D. S1's "Crop 1" transposed
-convolutions are ``padding=2, output_padding=1`` here (exact doubling with a 5x5 kernel). No batch
-norm: S1's tables have none. Layers come from MONAI's factories (``Conv[Conv.CONV(TRANS), dims]``,
-``Act``), so the same class builds the 3D networks (``1x64x64x64`` with ``spatial_dims=3``).
+convolutions are ``padding=2, output_padding=1`` here (exact doubling with a 5x5 kernel; any kernel
+size doubles exactly, e.g. 4 with ``padding=1, output_padding=0``). No batch norm by default: S1's
+tables have none. ``GanGenerator(norm="batch")`` adds one after the dense layer and after every
+hidden transposed convolution, each followed by ReLU, as in DCGAN (Radford et al. 2016) and
+WGAN-GP's generators (Gulrajani et al. 2017); the critic never gets batch norm (the gradient penalty
+is per sample, and batch norm would couple the samples of a batch). Layers come from MONAI's
+factories (``Conv[Conv.CONV(TRANS), dims]``, ``Act``, ``get_norm_layer``), so the same class builds
+the 3D networks (``1x64x64x64`` with ``spatial_dims=3``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.layers.factories import Act, Conv
+from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
 __all__ = ["GanGenerator", "GanDiscriminator"]
@@ -47,6 +53,8 @@ class GanGenerator(nn.Module):
         out_channels: image channels.
         img_size: output side length (64 in S1).
         kernel_size: transposed-convolution kernel (5).
+        norm: None (S1) or a MONAI norm spec (``"batch"``): normalisation + ReLU after the dense layer
+            and before the ReLU of every hidden transposed convolution.
 
     Any input whose trailing dims hold ``latent_size`` values per sample is accepted (``(B, nz)``,
     ``(B, nz, 1, 1)``), so MONAI's ``verify_net_in_out`` can feed ``(1, nz)``.
@@ -60,6 +68,7 @@ class GanGenerator(nn.Module):
         out_channels: int = 1,
         img_size: int = 64,
         kernel_size: int = 5,
+        norm: str | tuple | None = None,
     ) -> None:
         super().__init__()
         self.spatial_dims, self.latent_size = spatial_dims, latent_size
@@ -68,17 +77,27 @@ class GanGenerator(nn.Module):
         self.dense = nn.Linear(latent_size, self.channels[0] * self.start**spatial_dims)
         convt = Conv[Conv.CONVTRANS, spatial_dims]
         pad = (kernel_size - 1) // 2
+        out_pad = 2 + 2 * pad - kernel_size  # output = 2 * input exactly
+        self.norm = norm
+        self.dense_norm = (
+            nn.Sequential(get_norm_layer(norm, spatial_dims, self.channels[0]), Act[Act.RELU]())
+            if norm is not None
+            else nn.Identity()
+        )
         layers: list[nn.Module] = []
         widths = [*self.channels, out_channels]
         for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(convt(cin, cout, kernel_size, stride=2, padding=pad, output_padding=1))
-            layers.append(Act[Act.RELU]() if i < len(widths) - 2 else Act[Act.SIGMOID]())
+            layers.append(convt(cin, cout, kernel_size, stride=2, padding=pad, output_padding=out_pad))
+            hidden = i < len(widths) - 2
+            if hidden and norm is not None:
+                layers.append(get_norm_layer(norm, spatial_dims, cout))
+            layers.append(Act[Act.RELU]() if hidden else Act[Act.SIGMOID]())
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.dense(z.reshape(z.shape[0], -1))
         x = x.view(z.shape[0], self.channels[0], *[self.start] * self.spatial_dims)
-        return self.deconv(x)
+        return self.deconv(self.dense_norm(x))
 
 
 class GanDiscriminator(nn.Module):
