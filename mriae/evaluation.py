@@ -84,7 +84,13 @@ class ReconstructionMetrics:
         subjects = list(out.get("subject") or [""] * n)
         slices = [int(s) for s in (out.get("slice") if out.get("slice") is not None else [-1] * n)]
         if self.loss_fn is not None:
-            pred = out["pred"] if self.loss_condition == "clean" else out[f"pred_{self.loss_condition}"]
+            key = "pred" if self.loss_condition == "clean" else f"pred_{self.loss_condition}"
+            if key not in out:
+                have = ["clean"] + [k[len("pred_") :] for k in out if k.startswith("pred_")]
+                raise ValueError(
+                    f"loss_condition {self.loss_condition!r} is not among the evaluated conditions ({', '.join(have)})"
+                )
+            pred = out[key]
             self._loss_sum += float(self.loss_fn(pred.float(), target.float())) * n
             self._loss_n += n
         conds = ["clean"] + [k[len("pred_") :] for k in out if k.startswith("pred_")]

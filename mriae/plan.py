@@ -30,6 +30,7 @@ __all__ = [
     "check_network",
     "check_datalist",
     "load_checked",
+    "save_model",
 ]
 
 # arguments that do not change what the weights compute (informational sizes)
@@ -161,3 +162,27 @@ def load_checked(
         check_datalist(meta, datalist)
     load_weights(network, ckpt_path)
     return meta
+
+
+def save_model(
+    network: torch.nn.Module,
+    ckpt_path: str | Path,
+    plan: Mapping | PreprocessConfig | None = None,
+    context: int = 0,
+    axes: Sequence[int] = (0,),
+    **info,
+) -> Path:
+    """Write ``network``'s weights to ``ckpt_path`` with the side file inference reads (``plan``,
+    the ``model`` record and any ``info``), both atomically: weights made outside a bundle's training
+    (converted, hand-built, untrained for a dry run) travel like trained ones."""
+    from .engine import _atomic_save
+
+    ckpt = Path(ckpt_path)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    net = getattr(network, "module", network)
+    _atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, ckpt)
+    meta = {**info, "plan": plan_config(plan).to_dict(), "model": model_record(network, context, axes)}
+    tmp = sidecar_path(ckpt).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(sidecar_path(ckpt))
+    return ckpt

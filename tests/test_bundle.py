@@ -165,10 +165,11 @@ def test_inference_overlays_the_input_exactly(trained, small_cohort, tmp_path):
     mgz = tmp_path / "vol.mgz"
     img = nib.load(src)
     nib.save(nib.MGHImage(img.get_fdata().astype(np.float32), img.affine), mgz)
-    for inp, stem in ((src, src.name[: -len(".nii.gz")]), (mgz, "vol")):
+    for inp, stem, ext in ((src, src.name[: -len(".nii.gz")], ".nii.gz"), (mgz, "vol", ".mgz")):
         out = tmp_path / f"out_{stem}"
-        _infer(trained, inp, out)
-        rec, res = nib.load(out / f"{stem}_recon.nii.gz"), nib.load(out / f"{stem}_residual.nii.gz")
+        _infer(trained, inp, out)  # written like the input: NIfTI for NIfTI, MGZ for MGZ
+        assert sorted(p.name for p in out.iterdir()) == [f"{stem}_recon{ext}", f"{stem}_residual{ext}"]
+        rec, res = nib.load(out / f"{stem}_recon{ext}"), nib.load(out / f"{stem}_residual{ext}")
         for o in (rec, res):
             assert o.shape == img.shape
             np.testing.assert_allclose(o.affine, img.affine, atol=1e-4)

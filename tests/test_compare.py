@@ -74,8 +74,8 @@ def test_compare_trains_every_bundle_and_writes_the_leaderboard(compared):
     assert (summ.n_subjects == 2).all() and (summ.n_slices == n).all()
     lb = pd.read_csv(out / "leaderboard.csv")
     assert set(lb.entry) == set(entries) | {"bm4d"}
-    assert lb[lb.entry == "skip_cae"].parameters.item() == 191_041
-    assert lb[lb.entry == "myronenko_ae"].parameters.item() == 991_041
+    assert lb[lb.entry == "skip_cae-s4"].parameters.item() == 191_041
+    assert lb[lb.entry == "myronenko_ae-s4"].parameters.item() == 991_041
     assert lb[lb.entry == "bm4d"].note.item().startswith("not installed")
     md = compared["results"].read_text()
     block = md.split("<!-- compare:start -->")[1].split("<!-- compare:end -->")[0]
@@ -91,7 +91,7 @@ def test_compare_trains_every_bundle_and_writes_the_leaderboard(compared):
 @pytest.mark.slow
 def test_compare_statistics_are_paired_and_holm_adjusted(compared):
     t = pd.read_csv(compared["out"] / "pairwise.csv")
-    k = 7  # 4 models + 3 baselines
+    k = 8  # 5 models + 3 baselines (bm4d is not installed)
     for (_, _, level), g in t.groupby(["condition", "metric", "level"]):
         assert len(g) == k * (k - 1) // 2
         assert (g.p_t_holm.dropna() >= g.p_t.dropna() - 1e-12).all()
@@ -114,7 +114,7 @@ def test_compare_logs_a_parent_run_with_a_child_per_entry(compared):
     assert sorted(r.info.run_name for r in children) == sorted(
         LABELS + ["identity", "gaussian", "nlm", "bm4d"]
     )
-    child = next(r for r in children if r.info.run_name == "skip_cae")
+    child = next(r for r in children if r.info.run_name == "skip_cae-s4")
     assert child.data.params["parameters"] == "191041" and "combined_psnr" in child.data.metrics
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.md", "pairwise.csv", "figures"} <= arts
@@ -128,7 +128,7 @@ def test_compare_reuses_trained_checkpoints(compared, tmp_path):
 
     argv = list(compared["argv"])
     argv[argv.index("--results-md") + 1] = "none"
-    argv[argv.index("--models") + 1 : argv.index("--models") + 1 + len(MODELS)] = ["skip_cae"]
+    argv[argv.index("--models") + 1 : argv.index("--models") + 1 + len(MODELS)] = ["skip_cae@s4"]
     first = pd.read_csv(compared["out"] / "per_slice.csv")
     stamp = (compared["out"] / "per_slice.csv").stat().st_mtime_ns
     res = main(argv + ["--no-mlflow", "--train-only"])  # training step alone: reuses, evaluates nothing

@@ -438,7 +438,13 @@ def test_prepare_and_inference_list_the_new_formats(tmp_path: Path) -> None:
             "d_mhd",
             "e_mnc",
         ]
-    assert [Path(d["image"]) for d in list_inputs(tmp_path)] == headers
+    assert [Path(d["image"]) for d in list_inputs(tmp_path, validate=False)] == headers
+    # validated (what inference does), the empty files are all named and nothing runs
+    from mriae.errors import InputErrors
+
+    with pytest.raises(InputErrors) as err:
+        list_inputs(tmp_path)
+    assert all(str(h) in str(err.value) for h in headers) and "7 of 7 inputs cannot be used" in str(err.value)
 
 
 def test_inference_config_with_save_like_input(tmp_path: Path, inputs: dict[str, Path]) -> None:
@@ -451,6 +457,13 @@ def test_inference_config_with_save_like_input(tmp_path: Path, inputs: dict[str,
     parser.read_config(str(config))
     parser["input_path"], parser["output_dir"] = str(inputs["nrrd"]), str(tmp_path)
     parser["device"] = "$torch.device('cpu')"
+    # untrained weights with their plan (native grid, as the shipped denoiser) beside them
+    from mriae.plan import save_model
+
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    plan = {"spacing": [1.0, 1.0, 1.0], "slice_size": 256, "clip": False, "inference_grid": "native"}
+    ckpt = save_model(net, tmp_path / "models" / "model.pt", plan, context=parser["context"], axes=[0, 1, 2])
+    parser["ckpt_path"] = str(ckpt)
     post = [
         t
         for t in parser["postprocessing"]["transforms"]

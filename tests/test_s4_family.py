@@ -129,11 +129,15 @@ def test_bundles_are_res_unet_configs_with_another_network(name):
     train = ConfigParser.load_config_file(b / "configs/train.json")
     ref = ConfigParser.load_config_file(src / "configs/train.json")
     changed = {k for k in set(train) | set(ref) if train.get(k) != ref.get(k)}
-    assert changed <= {"bundle_name", "network_def", "hyperparameters", "block", "spatial_dropout"}
+    allowed = {"bundle_name", "network_def", "hyperparameters", "block", "spatial_dropout"}
+    if train["network_def"]["_target_"] != "mriae.networks.ResUNetAE":  # options only ResUNetAE has
+        allowed |= {"full_res", "norm", "noise_map"}
+    assert changed <= allowed
     infer = ConfigParser.load_config_file(b / "configs/inference.json")
     assert infer["network_def"] == train["network_def"]
-    # the overrides users give: loss, L2, and the block type of the shallow AE
-    p = ConfigParser(train)
+    # S4's exact recipe (configs/s4.json over train.json) has S4's parameter counts; the overrides users
+    # give: loss, L2, and the block type of the shallow AE
+    p = ConfigParser(ConfigParser.load_config_files([b / "configs/train.json", b / "configs/s4.json"]))
     p["loss_name"], p["l2"] = "dssim", 1e-5
     if name == "shallow_res_ae":
         p["block"] = "original"

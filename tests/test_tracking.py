@@ -68,7 +68,8 @@ def test_training_logs_to_a_real_mlflow_server(mlflow_server, small_prepared, tm
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("res_unet-train-")
-    assert run.data.params["optimizer"] == "torch.optim.RMSprop" and run.data.params["rho"] == "0.9"
+    assert run.data.params["optimizer"] == "torch.optim.Adam" and run.data.params["learning_rate"] == "0.001"
+    assert run.data.params["context"] == "2" and run.data.params["plan.inference_grid"] == "native"
     assert len(client.get_metric_history(run.info.run_id, "val_corrupted_psnr")) == 2
     assert {"model.pt", "curves.png", "train.json", "metadata.json"} <= _artifacts(client, run.info.run_id)
     assert any((tmp_path / "art").rglob("model.pt"))  # stored by the server, not next to the client

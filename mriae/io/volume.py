@@ -123,7 +123,7 @@ def _load_dicom(path: Path, series: str | None) -> MetaTensor:
     return img
 
 
-def load_volume(path: str | Path, series: str | None = None) -> MetaTensor:
+def load_volume(path: str | Path, series: str | None = None, min_slices: int = 2) -> MetaTensor:
     """Load a 3-D volume as a ``(1, X, Y, Z)`` float32 ``MetaTensor`` with a RAS voxel->world ``.affine``.
 
     Args:
@@ -131,6 +131,8 @@ def load_volume(path: str | Path, series: str | None = None) -> MetaTensor:
             ``.par`` file, or a folder holding a DICOM series (searched recursively).
         series: for DICOM folders with several series, the key to load (keys come from
             :func:`mriae.io.find_dicom_series` or from the error message listing them).
+        min_slices: the fewest voxels along every axis (2 by default: a single slice is not a 3-D
+            volume to denoise or train on; 1 reads one-slice data as it is).
 
     Returns:
         a ``MetaTensor`` whose meta has ``spatial_shape``, ``affine``, ``original_affine``,
@@ -166,7 +168,7 @@ def load_volume(path: str | Path, series: str | None = None) -> MetaTensor:
         img = _load_with(p, ItkVolumeReader(), fmt)
     if img.ndim != 4 or img.shape[0] != 1:
         raise _fail(p, f"expected a single 3-D volume, got array shape {tuple(img.shape)} (channel first)")
-    if min(img.shape[1:]) < 2:
+    if min_slices > 1 and min(img.shape[1:]) < min_slices:
         raise _fail(p, f"a single slice (shape {tuple(img.shape[1:])}): need a 3-D volume of at least 2 slices")
     aff = np.asarray(img.affine, dtype=float)
     if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-9:
