@@ -277,6 +277,13 @@ def load_weights(network: torch.nn.Module, path: str | Path, map_location="cpu")
         raise InputError(f"{path}: not a readable weights file ({type(e).__name__})") from None
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
+    if isinstance(state, Mapping):
+        bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise InputError(
+                f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf (first: {bad[0]}); the training diverged "
+                "or the file is damaged: these weights would write a volume of NaN"
+            )
     try:
         missing, unexpected = getattr(network, "module", network).load_state_dict(state, strict=False)
     except RuntimeError as e:  # tensors of other shapes

@@ -160,6 +160,25 @@ def test_weights_without_a_plan_are_refused_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+def test_weights_holding_nan_are_refused_before_any_output(tmp_path):
+    """Diverged weights (one NaN) would write a volume of NaN with rc 0: refused in one line instead."""
+    root = _identity_bundle(tmp_path, NATIVE)
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name].view(-1)[0] = float("nan")
+    torch.save(state, root / "models" / "model.pt")
+    data, aff = _template_crop()
+    src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, aff), src)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "inference.json"),
+           "--bundle_root", str(root), "--input_path", str(src), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert len(err) == 1 and "model.pt: 1 weight tensor(s) hold NaN or Inf" in err[0] and name in err[0]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def test_weights_of_another_network_are_refused(tmp_path):
     root = _identity_bundle(tmp_path, NATIVE)
     side = json.loads((root / "models" / "model.json").read_text())
