@@ -277,7 +277,7 @@ def test_conv_ae_evaluation_reports_clean_and_noisy_psnr(trained, small_prepared
     assert summ["clean"]["psnr"]["n"] == summ["noise"]["psnr"]["n"] == 3 * n_test
     # Gaussian noise sigma 0.03 on [0, 1] inputs: the noisy input itself scores about 30.5 dB
     assert 29.5 < summ["noise"]["input_psnr"]["mean"] < 31.5
-    # noise the network never saw costs the reconstruction little (S2: 34.02 -> 32.48 dB)
+    # noise the network never saw costs the reconstruction little (S2 saw a 1.5 dB drop on its own pooled-MSE statistic)
     assert np.isfinite(summ["clean"]["psnr"]["mean"]) and summ["clean"]["psnr"]["mean"] > 5
     assert abs(summ["clean"]["psnr"]["mean"] - summ["noise"]["psnr"]["mean"]) < 1.6
     assert len(list((root / "eval/figures").glob("*.png"))) == n_test
