@@ -6,6 +6,7 @@ Modules: ``io`` (NIfTI, MGZ, DICOM readers), ``cohort`` (demo cohort from public
 ``evaluation``, ``inference``, ``tracking`` (MLflow).
 """
 
+import logging as _logging
 from pathlib import Path as _Path
 
 from .errors import install_excepthook as _install_excepthook
@@ -14,6 +15,9 @@ __version__ = "0.1.0"
 __all__ = ["repo_root", "default_data_dir", "find_bundle_root", "__version__"]
 
 _install_excepthook()
+# MONAI's DICOM reader warns on every construction that the optional GPU decoder (nvImageCodec) is
+# absent, once per file and worker: noise on every CPU machine; the CPU decoders are used either way
+_logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(_logging.ERROR)
 
 
 def repo_root() -> _Path:

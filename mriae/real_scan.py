@@ -332,6 +332,21 @@ def figure(ref: Mapping, volumes: Mapping[str, np.ndarray], path: Path, title: s
     plt.close(fig)
 
 
+def _bundle_spec(spec: str) -> tuple[str, str, dict]:
+    """``LABEL=BUNDLE_ROOT[+key=value...]`` (or a bare label: ``bundles/<label>``) -> label, root,
+    overrides (values parsed as JSON where they are)."""
+    label, _, rest = spec.partition("=")
+    root, *over = rest.split("+") if rest else (f"bundles/{label}",)
+    overrides: dict = {}
+    for o in over:
+        k, _, v = o.partition("=")
+        try:
+            overrides[k] = json.loads(v)
+        except ValueError:
+            overrides[k] = v
+    return label, root, overrides
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -352,13 +367,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--figure-condition", default="gaussian-0.05")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="run a bundle even when its audit fails (python -m mriae.audit BUNDLE lists why)",
+    )
     args = p.parse_args(argv)
+    from .audit import require_trusted
     from .errors import InputError, UserError
 
     try:
         unknown = [c for c in args.conditions if c not in CONDITIONS]
         if unknown:
             raise InputError(f"unknown conditions {unknown}; choose from {list(CONDITIONS)}")
+        bundles = [_bundle_spec(spec) for spec in args.bundles]
+        for _, root, _ in bundles:  # a bundle's configs run code: audit each before anything runs
+            require_trusted(root, trust=args.trust_bundle, flag="--trust-bundle")
         scan = find_scan(args.scan)
         ref = reference(scan)
         out = Path(args.out)
@@ -375,16 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 if cond == args.figure_condition:
                     shown[name] = vol
-            for spec in args.bundles:
-                label, _, rest = spec.partition("=")
-                root, *over = rest.split("+") if rest else (f"bundles/{label}",)
-                overrides = {}
-                for o in over:
-                    k, _, v = o.partition("=")
-                    try:
-                        overrides[k] = json.loads(v)
-                    except ValueError:
-                        overrides[k] = v
+            for label, root, overrides in bundles:
                 vol, info = run_bundle(root, noisy, ref["affine"], overrides, device=args.device)
                 results.setdefault(label, {})[cond] = {**score(vol, ref), **info}
                 print(

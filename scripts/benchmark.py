@@ -270,8 +270,11 @@ def bench_infer(args, device, threads: int | None = None) -> dict:
     load, rest_pre = pre.transforms[0], pre.transforms[1:]
     from monai.transforms import Compose, SaveImaged
 
-    save = [t for t in post.transforms if isinstance(t, SaveImaged)]
-    compute_post = Compose([t for t in post.transforms if not isinstance(t, SaveImaged)])
+    from mriae.io import SaveLikeInputd
+
+    writers = (SaveImaged, SaveLikeInputd)
+    save = [t for t in post.transforms if isinstance(t, writers)]
+    compute_post = Compose([t for t in post.transforms if not isinstance(t, writers)])
     times = {"read": [], "compute": [], "write": []}
     for i in range(args.warmup_infer + args.repeats):
         t0 = time.perf_counter()

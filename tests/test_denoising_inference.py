@@ -252,3 +252,19 @@ def test_real_scan_protocol_on_colin27(tmp_path):
     assert score(vol, ref)["psnr"] > 100 and score(vol, ref)["mean_ratio"] == pytest.approx(1.0)
     out, info = run_baseline("gaussian", noisy, "gaussian-0.03")
     assert score(out, ref)["psnr"] > score(noisy, ref)["psnr"] + 1  # smoothing helps against heavy noise
+
+
+def test_real_scan_audits_each_bundle_before_running_it(tmp_path, capsys):
+    """scripts/real_scan.py runs bundles given on its command line: a hostile one is refused before
+    anything of it runs (its payload would create a file); --trust-bundle is the explicit way past."""
+    from mriae.real_scan import main
+
+    root = _identity_bundle(tmp_path, NATIVE)
+    cfg = json.loads((root / "configs" / "inference.json").read_text())
+    marker = tmp_path / "pwned"
+    cfg["initialize"].insert(0, f"$__import__('pathlib').Path('{marker}').touch()")
+    (root / "configs" / "inference.json").write_text(json.dumps(cfg))
+    rc = main(["--bundles", f"x={root}", "--baselines", "--conditions", "clean", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().out
+    assert rc == 2 and not marker.exists() and not (tmp_path / "o").exists()
+    assert "refused, 1 audit failure" in err and "__import__" in err and "--trust-bundle" in err
