@@ -175,6 +175,7 @@ def save_model(
     """Write ``network``'s weights to ``ckpt_path`` with the side file inference reads (``plan``,
     the ``model`` record and any ``info``), both atomically: weights made outside a bundle's training
     (converted, hand-built, untrained for a dry run) travel like trained ones."""
+    from .data import atomic_write_text
     from .engine import _atomic_save
 
     ckpt = Path(ckpt_path)
@@ -182,7 +183,5 @@ def save_model(
     net = getattr(network, "module", network)
     _atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, ckpt)
     meta = {**info, "plan": plan_config(plan).to_dict(), "model": model_record(network, context, axes)}
-    tmp = sidecar_path(ckpt).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    tmp.replace(sidecar_path(ckpt))
+    atomic_write_text(sidecar_path(ckpt), json.dumps(meta, indent=2, default=str))
     return ckpt

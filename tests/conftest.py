@@ -51,3 +51,43 @@ def small_prepared(small_cohort, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     subjects = list_subjects("demo", small_cohort)
     return prepare(subjects, out, seed=0, workers=2, source={"type": "demo"})
+
+
+# the shipped denoiser's plan: 1 mm, 256 px, no clipping, inference on the input's own grid
+NATIVE_PLAN = {"spacing": [1.0, 1.0, 1.0], "slice_size": 256, "clip": False, "inference_grid": "native"}
+
+
+def template_crop():
+    """A small real volume and its affine: a crop of the ICBM152 2009a T1 that nilearn ships (1 mm, RAS)."""
+    import nibabel as nib
+    import numpy as np
+
+    from mriae.cohort import locate_template
+
+    img = nib.load(locate_template("icbm152_2009a_t1"))
+    data = np.asarray(img.dataobj, dtype=np.float32)[60:124, 70:150, 60:120]
+    return np.ascontiguousarray(data), img.affine
+
+
+def identity_bundle(tmp_path: Path, plan: dict = NATIVE_PLAN, context: int = 2, axes=(0, 1, 2)) -> Path:
+    """A copy of res_unet whose weights have a zero last convolution (the residual head then returns
+    its centre input slice exactly: an identity network), saved with ``plan`` beside them."""
+    import shutil
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    from mriae.plan import save_model
+
+    root = tmp_path / "res_unet"
+    shutil.copytree(REPO / "bundles" / "res_unet", root, ignore=shutil.ignore_patterns("models", "eval", "outputs"))
+    p = ConfigParser()
+    p.read_config(str(root / "configs" / "inference.json"))
+    p["bundle_root"] = str(root)
+    p["device"] = "$torch.device('cpu')"
+    net = p.get_parsed_content("network_def")
+    with torch.no_grad():
+        net.head[0].weight.zero_()
+        net.head[0].bias.zero_()
+    save_model(net, root / "models" / "model.pt", plan, context, axes)
+    return root

@@ -4,7 +4,6 @@ so; weights without a plan refused; the residual head; self-supervised adaptatio
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -12,45 +11,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import NATIVE_PLAN
+from conftest import identity_bundle as _identity_bundle
+from conftest import template_crop as _template_crop
 from monai.bundle import ConfigParser
 
 from mriae.infer import slicing_axes
-from mriae.plan import model_record
 from mriae.preprocessing import PreprocessConfig
 
-NATIVE = {"spacing": [1.0, 1.0, 1.0], "slice_size": 256, "clip": False, "inference_grid": "native"}
-
-
-def _template_crop() -> tuple[np.ndarray, np.ndarray]:
-    """A small real volume: a crop of the ICBM152 2009a T1 that nilearn ships (1 mm, RAS)."""
-    from mriae.cohort import locate_template
-
-    img = nib.load(locate_template("icbm152_2009a_t1"))
-    data = np.asarray(img.dataobj, dtype=np.float32)[60:124, 70:150, 60:120]
-    return np.ascontiguousarray(data), img.affine
-
-
-def _identity_bundle(tmp_path, plan: dict, context: int = 2, axes=(0, 1, 2)):
-    """res_unet's inference config with weights whose last convolution is zero: the residual head then
-    returns its centre input slice exactly (an identity network), and a side file with ``plan``."""
-    root = tmp_path / "res_unet"
-    shutil.copytree(
-        REPO / "bundles" / "res_unet", root, ignore=shutil.ignore_patterns("models", "eval", "outputs")
-    )
-    p = ConfigParser()
-    p.read_config(str(root / "configs" / "inference.json"))
-    p["bundle_root"] = str(root)
-    p["device"] = "$torch.device('cpu')"
-    net = p.get_parsed_content("network_def")
-    with torch.no_grad():
-        net.head[0].weight.zero_()
-        net.head[0].bias.zero_()
-    (root / "models").mkdir()
-    torch.save(net.state_dict(), root / "models" / "model.pt")
-    side = {"plan": PreprocessConfig(**plan).to_dict(), "model": model_record(net, context, axes)}
-    (root / "models" / "model.json").write_text(json.dumps(side))
-    return root
+NATIVE = NATIVE_PLAN
 
 
 class _Recorder:
