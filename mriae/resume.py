@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["ResumeCheckpoint", "RandomState", "run_name", "archive_previous", "RESUME_DIR"]
+__all__ = ["ResumeCheckpoint", "RandomState", "run_name", "archive_previous", "kill_and_resume", "RESUME_DIR"]
 logger = logging.getLogger("mriae.resume")
 RESUME_DIR = "resume"
 
@@ -197,3 +197,47 @@ def archive_previous(ckpt_path: str, output_dir: str, resume: bool = False) -> P
     logger.warning("kept the previous training's files in %s", dest)
     print(f"[mriae] the previous model and history are kept in {dest}", flush=True)
     return dest
+
+
+def kill_and_resume(
+    cmd: list[str],
+    resume_dir: str | Path,
+    kills: int,
+    seed: int = 0,
+    max_delay: float = 4.0,
+    timeout: float = 900.0,
+    env: Mapping | None = None,
+) -> int:
+    """Soak: start the training ``cmd`` (which must carry ``--resume True``), SIGKILL it at a random
+    moment (0 to ``max_delay`` s) once it has written its first resume checkpoint in ``resume_dir``,
+    start it again, ``kills`` times, then let it finish. Returns the number of kills that hit a
+    running process; raises ``RuntimeError`` if the final run fails or a run takes over ``timeout``."""
+    import signal
+    import subprocess
+
+    rng, done = random.Random(seed), 0
+    marker = Path(resume_dir) / "resume.json"
+    for attempt in range(kills + 1):
+        proc = subprocess.Popen(cmd, env=None if env is None else dict(env),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        if attempt < kills:
+            deadline = time.time() + timeout
+            while not marker.is_file() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            time.sleep(rng.uniform(0.0, max_delay))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                done += 1
+                continue
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[:6])}...: exited {proc.returncode} before it was killed")
+            break  # it finished before the kill: nothing left to resume
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError(f"the resumed training ran over {timeout:.0f} s") from None
+        if rc != 0:
+            raise RuntimeError(f"the resumed training exited {rc}")
+    return done

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -52,25 +50,12 @@ def uninterrupted(small_prepared, tmp_path_factory):
 def test_killed_at_random_moments_and_resumed_it_ends_where_an_uninterrupted_run_ends(
     uninterrupted, small_prepared, tmp_path
 ):
+    from mriae.resume import kill_and_resume
+
     root = _bundle(tmp_path)
-    rng = random.Random(7)
-    kills, t_start = 0, time.time()
-    while True:
-        proc = subprocess.Popen(_train_cmd(root, small_prepared.parent, "--resume", "True"), env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        resume_dir = root / "models" / "resume"
-        if kills < 3:  # kill it at a random moment once it has saved at least one epoch
-            deadline = time.time() + 300
-            while not (resume_dir / "resume.json").is_file() and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.2)
-            time.sleep(rng.uniform(0.0, 4.0))
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                continue
-        assert proc.wait(timeout=900) == 0
-        break
+    t_start = time.time()
+    kills = kill_and_resume(_train_cmd(root, small_prepared.parent, "--resume", "True"),
+                            root / "models" / "resume", kills=3, seed=7, env=ENV)  # fmt: skip
     assert kills >= 1 and time.time() - t_start < 900
     assert not (root / "models" / "resume").exists()  # finished: nothing left to resume
     a, b = _weights(uninterrupted), _weights(root)
