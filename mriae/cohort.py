@@ -50,6 +50,8 @@ from monai import transforms as mt
 from monai.transforms.utils import create_control_grid, create_grid
 from tqdm import tqdm
 
+from .atomic import atomic_write, atomic_write_bytes
+
 __all__ = ["GENERATOR_VERSION", "SOURCES", "RECIPES", "build_demo_cohort", "locate_template", "notice_text", "main"]
 
 GENERATOR_VERSION = "1.1"
@@ -146,12 +148,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @cache
@@ -267,15 +263,13 @@ def _make_subject(spec: dict[str, Any], subjects_dir: Path) -> dict[str, Any]:
     path = subjects_dir / f"{spec['id']}.nii.gz"
     record = {k: spec[k] for k in ("id", "source", "role", "subject_seed", "orientation")}
     if spec["copy_source"]:  # the untouched held-out source volume
-        tmp = path.with_name(f".{path.name}.part")
-        shutil.copyfile(locate_template(spec["source"]), tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: shutil.copyfile(locate_template(spec["source"]), tmp))
         img = nib.load(path)
         record |= {"identical_to_source": True, "params": {}}
     else:
         volume, affine = _cropped_template(spec["source"])
         data, out_affine, params = _synthesize(volume, affine, spec["subject_seed"], spec.get("noise", True))
-        _write_atomic(path, _nifti_bytes(data, out_affine, spec["orientation"]))
+        atomic_write_bytes(path, _nifti_bytes(data, out_affine, spec["orientation"]))
         img = nib.load(path)
         record |= {"identical_to_source": False, "params": params}
     record |= {
@@ -426,8 +420,8 @@ def build_demo_cohort(
         writer = csv.DictWriter(buffer, list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _write_atomic(tmp_dir / "demographics.csv", buffer.getvalue().encode())
-        _write_atomic(tmp_dir / "NOTICE.txt", notice.encode())
+        atomic_write_bytes(tmp_dir / "demographics.csv", buffer.getvalue().encode())
+        atomic_write_bytes(tmp_dir / "NOTICE.txt", notice.encode())
         for record in records:
             record["has_demographics"] = record["id"] not in missing
         made_of = (
@@ -457,7 +451,7 @@ def build_demo_cohort(
             "licence": notice,
             "subjects": records,
         }
-        _write_atomic(tmp_dir / "manifest.json", (json.dumps(meta, indent=2) + "\n").encode())
+        atomic_write_bytes(tmp_dir / "manifest.json", (json.dumps(meta, indent=2) + "\n").encode())
         if _cached(manifest, key):  # a concurrent build of the same cohort finished first: keep that one
             return manifest
         old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}" if out_dir.exists() else None

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .stats import pvalue_matrix  # noqa: E402
+from .reports import save_figure  # noqa: E402
 
 __all__ = ["leaderboard", "leaderboard_markdown", "pvalue_figure", "grid_figure", "write_results_block"]
 
@@ -150,7 +151,7 @@ def pvalue_figure(tests: pd.DataFrame, path: Path, condition: str = "combined", 
         ax.set_title(f"{lv} level (n = {n}): Holm p, t-test\n{metric.upper()}, {condition}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, label="-log10 p")
     fig.tight_layout(w_pad=4)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def grid_figure(grid: dict, path: Path, title: str = "") -> None:
@@ -171,14 +172,7 @@ def grid_figure(grid: dict, path: Path, title: str = "") -> None:
             if j == 0:
                 ax.set_ylabel(c, fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_results_block(results_md: Path, block: str) -> None:

@@ -9,7 +9,6 @@ cached: the second call costs nothing).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,7 +27,6 @@ __all__ = [
     "DeviceBatchLoader",
     "DatalistError",
     "describe",
-    "atomic_write_text",
 ]
 
 
@@ -209,14 +207,6 @@ class SliceDataset(IndexedSlices):
         self.index = index
         self.records, self.root = records, root
         self.preprocessing = dl["preprocessing"]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def describe(datalist: str | Path) -> dict:

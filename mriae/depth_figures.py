@@ -25,7 +25,7 @@ def depth_figure(
     volume: np.ndarray, recon: np.ndarray, path: str | Path, title: str = "", n_depths: int = 6, axis: int = 0
 ) -> Path:
     """Rows input / reconstruction, columns ``n_depths`` slices along ``axis`` of (D, H, W) arrays."""
-    from .reports import _save, plt
+    from .reports import plt, save_figure
 
     idx = np.linspace(0, volume.shape[axis] - 1, n_depths + 2).round().astype(int)[1:-1]
     fig, axes = plt.subplots(2, n_depths, figsize=(1.9 * n_depths, 4.0), squeeze=False)
@@ -36,7 +36,7 @@ def depth_figure(
             ax.set_title(f"{name}, depth {k}", fontsize=8)
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 

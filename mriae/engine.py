@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
+from .atomic import atomic_write, atomic_write_text
 from .corruption import Corruption
 from .errors import InputError, MissingFileError
 
@@ -214,9 +214,7 @@ def negative_metric_of(name: str):
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class BestCheckpoint:
@@ -261,9 +259,7 @@ class BestCheckpoint:
             "metrics": {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))},
             **self.info,
         }
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
-        os.replace(tmp, self.path.with_suffix(".json"))
+        atomic_write_text(self.path.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
 
 
 def load_weights(network: torch.nn.Module, path: str | Path, map_location="cpu") -> torch.nn.Module:
@@ -345,7 +341,7 @@ class History:
         self._write_json()
 
     def _write_json(self) -> dict:
-        from .data import atomic_write_text
+        from .atomic import atomic_write_text
 
         hist = {"train_loss": self.train_loss, "validation": self.val}
         atomic_write_text(self.output_dir / "history.json", json.dumps(hist, indent=2))

@@ -154,7 +154,7 @@ class ReconstructionMetrics:
     def write(self, summ: dict) -> None:
         import pandas as pd
 
-        from .data import atomic_write_text
+        from .atomic import atomic_write_text
         from .reports import case_figure
 
         d = self.output_dir

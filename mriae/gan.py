@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -47,6 +46,7 @@ from ignite.engine import Engine, Events
 from monai.engines import GanTrainer
 from monai.utils import GanKeys
 
+from .atomic import atomic_write, atomic_write_text
 __all__ = [
     "AdversarialLoss",
     "gradient_penalty",
@@ -255,9 +255,7 @@ class GanLosses:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _rng_state() -> dict:
@@ -343,9 +341,7 @@ class GanCheckpoint:
             "metrics": {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))},
             **self.info,
         }
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
-        os.replace(tmp, self.path.with_suffix(".json"))
+        atomic_write_text(self.path.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
         if self.state_path is not None and engine.state.epoch % self.state_interval == 0:
             self.save_state(engine)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .reports import _save, plt
+from .reports import plt, save_figure
 
 __all__ = ["sample_grid", "plot_gan_curves"]
 
@@ -39,7 +39,7 @@ def sample_grid(x: torch.Tensor, path: str | Path, title: str = "") -> None:
         ax.imshow(t, cmap="gray", vmin=0, vmax=1)
     fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(wspace=0.02, hspace=0.02)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def plot_gan_curves(history: list[dict], path: str | Path) -> None:
@@ -69,4 +69,4 @@ def plot_gan_curves(history: list[dict], path: str | Path) -> None:
             ax.axhline(1.0, color="k", lw=0.8, ls="--")
         if ax.lines:
             ax.legend(fontsize=7)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))

@@ -116,16 +116,26 @@ class AEFeatures(torch.nn.Module):
         super().__init__()
         from .networks import ResUNetAE
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            ae = ResUNetAE(spatial_dims=2, img_size=img_size)
+        def seeded() -> torch.nn.Module:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return ResUNetAE(spatial_dims=2, img_size=img_size)
+
+        ae = seeded()
         self.source = f"random-init ResUNetAE encoder (seed {seed})"
         if weights and Path(weights).is_file():
             from .engine import load_weights
+            from .errors import InputError
 
-            load_weights(ae, weights)
-            digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
-            self.source = f"trained ResUNetAE encoder ({Path(weights).name}, sha256 {digest})"
+            try:  # S4's single-slice autoencoder; res_unet's default 5-slice denoiser does not fit
+                load_weights(ae, weights)
+            except InputError as e:
+                ae = seeded()  # a failed load may have copied the tensors that did fit
+                self.source += f"; {Path(weights).name} not used (not S4's single-slice autoencoder: {e})"
+                logging.getLogger("mriae.gan_metrics").warning("GAN feature space: %s", self.source)
+            else:
+                digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
+                self.source = f"trained ResUNetAE encoder ({Path(weights).name}, sha256 {digest})"
         self.encoder = torch.nn.Sequential(ae.stem, ae.stage2, ae.stage3).eval().requires_grad_(False)
         self.img_size = img_size
 
@@ -247,7 +257,7 @@ class GanQuality:
             self.history = [e for e in json.loads(path.read_text())["epochs"] if e["epoch"] <= epoch]
 
     def write(self, _=None) -> None:
-        from .data import atomic_write_text
+        from .atomic import atomic_write_text
         from .gan_figures import plot_gan_curves, sample_grid
 
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import InputError, UserError
 from .preprocessing import PreprocessConfig, preprocess_volume
 from .sources import Subject, list_subjects
@@ -69,10 +70,7 @@ def _process(args: tuple[Subject, dict, str]) -> dict:
         )
     vol = out["volume"].astype(np.float16)
     dst = Path(cache_dir) / f"{subject.id}.npy"
-    tmp = dst.with_suffix(".npy.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, vol)
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda tmp: np.save(tmp, vol))
     orig_affine = np.asarray(image.affine, dtype=float)
     fg = out["volume"][out["mask"]]
     import nibabel as nib

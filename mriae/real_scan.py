@@ -251,7 +251,7 @@ def load_results(path: Path) -> dict:
 
 
 def save_results(path: Path, results: Mapping) -> None:
-    from .data import atomic_write_text
+    from .atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True))
 
@@ -409,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if cond == args.figure_condition:
                     shown[label] = vol
             save_results(out / "results.json", results)
-        from .data import atomic_write_text
+        from .atomic import atomic_write_text
 
         atomic_write_text(out / "report.md", report(results))
         if shown:

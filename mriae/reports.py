@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,16 +10,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .atomic import atomic_write  # noqa: E402
+
 __all__ = ["plot_curves", "case_figure", "summary_table"]
 
 
-def _save(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+def save_figure(fig, path: str | Path) -> None:
+    """Write a matplotlib figure atomically (110 dpi, tight) and close it."""
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(history: dict, path: str | Path, metrics=("val_loss",)) -> None:
@@ -40,7 +40,7 @@ def plot_curves(history: dict, path: str | Path, metrics=("val_loss",)) -> None:
     for ax, k in zip(axes[0, 1:], keys):
         ax.plot(np.arange(1, len(val) + 1), [v.get(k, np.nan) for v in val], "o-")
         ax.set(title=k, xlabel="epoch")
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def case_figure(subject: str, case: dict, path: str | Path) -> None:
@@ -62,7 +62,7 @@ def case_figure(subject: str, case: dict, path: str | Path) -> None:
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.suptitle(f"{subject}, slice {case['slice']}", fontsize=10)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def summary_table(summary: dict, metrics=("psnr", "ssim", "mse")) -> str:

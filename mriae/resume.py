@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from .atomic import atomic_write_text
 __all__ = ["ResumeCheckpoint", "RandomState", "run_name", "archive_previous", "kill_and_resume", "RESUME_DIR"]
 logger = logging.getLogger("mriae.resume")
 RESUME_DIR = "resume"
@@ -145,9 +146,7 @@ class ResumeCheckpoint:
             "run_name": self.run_name,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        tmp = self.dir / f".resume.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, self.dir / "resume.json")
+        atomic_write_text(self.dir / "resume.json", json.dumps(meta))
 
     def _finish(self, engine: Engine) -> None:
         if getattr(engine.state, "time_limit_reached", False):

@@ -56,7 +56,7 @@ def grid_figure(
     ncols: int = 8,
     labels: Sequence[str] | None = None,
 ) -> Path:
-    from .reports import _save, plt
+    from .reports import plt, save_figure
 
     n = images.shape[0]
     ncols = min(ncols, n)
@@ -70,7 +70,7 @@ def grid_figure(
         if labels:
             ax.set_title(labels[i], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 

@@ -65,7 +65,7 @@ def feature_figure(
     title: str = "",
     channels: int = 8,
 ) -> Path:
-    from .reports import _save, plt
+    from .reports import plt, save_figure
 
     rows = len(maps) + 2
     fig, axes = plt.subplots(rows, channels, figsize=(1.5 * channels, 1.55 * rows), squeeze=False)
@@ -81,7 +81,7 @@ def feature_figure(
     axes[-1, 0].imshow(_plane(recon[0]), cmap="gray", vmin=0, vmax=1)
     axes[-1, 0].set_title("reconstruction", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 

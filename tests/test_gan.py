@@ -280,9 +280,16 @@ def test_feature_space_is_the_trained_res_unet_encoder_or_says_it_is_not(tmp_pat
     again = AEFeatures(None)  # the fallback is fixed (seeded), so numbers compare across runs
     x = torch.rand(2, 1, 64, 64)
     torch.testing.assert_close(f(x), again(x))
-    weights = REPO / "bundles" / "res_unet" / "models" / "model.pt"
-    if weights.is_file():
-        assert AEFeatures(str(weights)).source.startswith("trained ResUNetAE encoder")
+    from mriae.networks import ResUNetAE
+
+    s4 = tmp_path / "s4.pt"  # S4's single-slice autoencoder: its encoder is the feature space
+    torch.save(ResUNetAE(spatial_dims=2, img_size=128).state_dict(), s4)
+    assert AEFeatures(str(s4)).source.startswith("trained ResUNetAE encoder (s4.pt, sha256 ")
+    denoiser = tmp_path / "denoiser.pt"  # res_unet's default (5 slices + noise map in): does not fit, said so
+    torch.save(ResUNetAE(in_channels=5, residual=True, full_res=16, norm="none", noise_map=True).state_dict(), denoiser)
+    d = AEFeatures(str(denoiser))
+    assert d.source.startswith("random-init ResUNetAE encoder (seed 0); denoiser.pt not used")
+    torch.testing.assert_close(d(x), again(x))  # the same fixed fallback space
 
 
 @pytest.mark.parametrize("bundle", GAN_BUNDLES)

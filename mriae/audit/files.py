@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..errors import InputError, MissingFileError
 from .names import owner
 from .report import AuditReport, Finding
@@ -260,11 +261,7 @@ def write_manifest(bundle_dir: str | os.PathLike) -> Path:
     if bad:
         raise InputError(f"{root / bad[0]}: a file name with a newline or backslash cannot be listed")
     text = "".join(f"{_sha256(root / r)}  {r}\n" for r in files)
-    out = root / MANIFEST
-    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(root / MANIFEST, text)
 
 
 def check_manifest(bundle_dir: str | os.PathLike, require: bool = False) -> list[Finding]:
