@@ -175,7 +175,7 @@ def save_model(
     """Write ``network``'s weights to ``ckpt_path`` with the side file inference reads (``plan``,
     the ``model`` record and any ``info``), both atomically: weights made outside a bundle's training
     (converted, hand-built, untrained for a dry run) travel like trained ones."""
-    from .data import atomic_write_text
+    from .atomic import atomic_write_text
     from .engine import _atomic_save
 
     ckpt = Path(ckpt_path)

@@ -295,7 +295,7 @@ def run_sweep(
 
 
 def _write_results(study, spec: Mapping, out: Path) -> dict | None:
-    from .data import atomic_write_text
+    from .atomic import atomic_write_text
 
     rows = [
         {

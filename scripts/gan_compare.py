@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mriae.gan_metrics import summarise  # noqa: E402
-from mriae.reports import _save, plt  # noqa: E402
+from mriae.reports import plt, save_figure  # noqa: E402
 
 MARGIN = 0.10
 
@@ -99,7 +99,7 @@ def main(out: Path, bundles: list[str]) -> None:
                 )
         ax.set(title=title, xlabel="generator updates")
         ax.legend(fontsize=7)
-    _save(fig, out / "comparison.png")
+    save_figure(fig, out / "comparison.png")
 
 
 if __name__ == "__main__":
