@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_torch_save"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -33,3 +33,10 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    """``torch.save`` of ``obj`` to ``path``, atomically (weights, checkpoints, training states)."""
+    import torch
+
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))

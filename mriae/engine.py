@@ -23,7 +23,7 @@ from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
-from .atomic import atomic_write, atomic_write_text
+from .atomic import atomic_torch_save, atomic_write_text
 from .corruption import Corruption
 from .errors import InputError, MissingFileError
 
@@ -213,10 +213,6 @@ def negative_metric_of(name: str):
     return get
 
 
-def _atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 class BestCheckpoint:
     """Save ``network``'s state_dict to ``path`` whenever ``metric`` improves (lower is better when
     ``mode='min'``), atomically, with a JSON sidecar (epoch, metrics, ``info``)."""
@@ -250,7 +246,7 @@ class BestCheckpoint:
         self.best = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
         net = getattr(self.network, "module", self.network)
-        _atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.path)
+        atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, self.path)
         epoch = engine.state.epoch  # MONAI's Evaluator.run(global_epoch) sets it to the trainer's epoch
         meta = {
             "epoch": epoch,

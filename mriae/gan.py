@@ -46,7 +46,7 @@ from ignite.engine import Engine, Events
 from monai.engines import GanTrainer
 from monai.utils import GanKeys
 
-from .atomic import atomic_write, atomic_write_text
+from .atomic import atomic_torch_save, atomic_write_text
 __all__ = [
     "AdversarialLoss",
     "gradient_penalty",
@@ -254,10 +254,6 @@ class GanLosses:
         engine.state.metrics["generator_updates"] = float(getattr(engine, "g_updates", 0))
 
 
-def _atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -325,14 +321,14 @@ class GanCheckpoint:
             "d_optimizer": engine.d_optimizer.state_dict(),
             "rng": _rng_state(),
         }
-        _atomic_save(state, self.state_path)
+        atomic_torch_save(state, self.state_path)
         self._saved_epoch = engine.state.epoch
 
     def __call__(self, engine: Engine) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for net, path in ((self.generator, self.path), (self.critic, self.critic_path)):
             net = getattr(net, "module", net)
-            _atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)
+            atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)
         meta = {
             "epoch": engine.state.epoch,
             "iteration": engine.state.iteration,

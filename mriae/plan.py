@@ -175,13 +175,12 @@ def save_model(
     """Write ``network``'s weights to ``ckpt_path`` with the side file inference reads (``plan``,
     the ``model`` record and any ``info``), both atomically: weights made outside a bundle's training
     (converted, hand-built, untrained for a dry run) travel like trained ones."""
-    from .atomic import atomic_write_text
-    from .engine import _atomic_save
+    from .atomic import atomic_torch_save, atomic_write_text
 
     ckpt = Path(ckpt_path)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     net = getattr(network, "module", network)
-    _atomic_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, ckpt)
+    atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, ckpt)
     meta = {**info, "plan": plan_config(plan).to_dict(), "model": model_record(network, context, axes)}
     atomic_write_text(sidecar_path(ckpt), json.dumps(meta, indent=2, default=str))
     return ckpt

@@ -168,7 +168,7 @@ def load_volume(path: str | Path, series: str | None = None, min_slices: int = 2
         img = _load_with(p, ItkVolumeReader(), fmt)
     if img.ndim != 4 or img.shape[0] != 1:
         raise _fail(p, f"expected a single 3-D volume, got array shape {tuple(img.shape)} (channel first)")
-    if min_slices > 1 and min(img.shape[1:]) < min_slices:
+    if min(img.shape[1:]) < min_slices:
         raise _fail(p, f"a single slice (shape {tuple(img.shape[1:])}): need a 3-D volume of at least 2 slices")
     aff = np.asarray(img.affine, dtype=float)
     if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-9:
