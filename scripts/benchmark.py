@@ -337,7 +337,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=24, help="tile the demo training slices (24 -> IXI-sized epoch)")
     ap.add_argument("--workers", default=str(min(8, os.cpu_count() or 1)),
                     help="DataLoader workers of the standard pipeline; a comma list measures each (e.g. 2,4,8,16)")
-    ap.add_argument("--cpu-threads-infer", type=int, default=2)
+    ap.add_argument("--cpu-threads-infer", type=int, default=2,
+                    help="threads of the CPU inference figure taken beside a GPU's (0: none)")
     ap.add_argument("--profile", help="write a torch.profiler table of the 'ours' loop to this file")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
@@ -385,7 +386,7 @@ def main(argv=None) -> int:
         res["ours_toggled_over_pure"] = res["ours_toggled_slices_per_s"] / res["pure_slices_per_s"]
     if "infer" in only:
         res["infer"] = {device.type: bench_infer(args, device)}
-        if device.type == "cuda":
+        if device.type == "cuda" and args.cpu_threads_infer > 0:
             res["infer"]["cpu"] = bench_infer(args, torch.device("cpu"), threads=args.cpu_threads_infer)
     if "prepare" in only:
         res["prepare"] = bench_prepare(args)

@@ -50,3 +50,22 @@ def test_l2_applies_to_conv_kernels_only():
     assert groups[0]["weight_decay"] == 2e-5 and groups[1]["weight_decay"] == 0.0
     assert sum(p.numel() for g in groups for p in g["params"]) == count_parameters(net, keras=False)
     assert len(param_groups(net, 0.0)) == 1
+
+
+def test_the_shipped_denoiser_compiles_to_torchscript_and_matches():
+    """monai.bundle ckpt_export scripts network_def: the denoiser (noise-level map, residual head)
+    must compile with TorchScript and give the eager network's output."""
+    import torch
+
+    from mriae.networks import ResUNetAE
+
+    torch.manual_seed(0)
+    net = ResUNetAE(spatial_dims=2, in_channels=5, out_channels=1, channels=[8, 16, 32], block="full_preact",
+                    skip=True, residual=True, full_res=4, norm="none", noise_map=True).eval()
+    scripted = torch.jit.script(net)
+    x = torch.rand(2, 5, 48, 40)
+    with torch.no_grad():
+        eager, ts = net(x), scripted(x)
+    assert ts.shape == (2, 1, 48, 40)
+    assert torch.allclose(ts, eager, atol=1e-6)
+    assert (eager - x[:, 2:3]).abs().max() > 0  # the network changes its input

@@ -145,7 +145,9 @@ class OutputHead(nn.Sequential):
         self.residual = bool(residual)
 
     def forward(self, features: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-        out = super().forward(features)
+        out = features
+        for layer in self:  # (not super().forward: TorchScript compiles a loop over the layers)
+            out = layer(out)
         if not self.residual:
             return out
         if image is None:
@@ -165,15 +167,13 @@ def centre_channels(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[:, k : k + n]
 
 
-_IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
-
-
 def noise_sigma(images: torch.Tensor) -> torch.Tensor:
     """Per-image Gaussian noise sigma ``(B,)`` of a batch of 2D images ``(B, 1, H, W)`` by Immerkaer's
     Laplacian-difference method (CVIU 64(2), 1996): the mean absolute response to a mask that
     cancels planar structure, times sqrt(pi / 2) / 6. Fine anatomy adds little to it, noise a lot,
     which is what lets a denoiser conditioned on it leave a clean scan alone."""
-    k = torch.tensor(_IMMERKAER, device=images.device, dtype=images.dtype)[None, None]
+    mask = [[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]  # a literal: TorchScript compiles it
+    k = torch.tensor(mask, device=images.device, dtype=images.dtype)[None, None]
     r = torch.nn.functional.conv2d(images, k).abs().flatten(1).mean(1)
     return r * (math.sqrt(math.pi / 2) / 6)
 
@@ -187,4 +187,4 @@ class NoiseLevelMap(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         sigma = noise_sigma(x[:, c // 2 : c // 2 + 1].float()).to(x.dtype)
-        return torch.cat([x, sigma.view(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])], dim=1)
+        return torch.cat([x, sigma.view(-1, 1, 1, 1).expand(x.shape[0], 1, x.shape[2], x.shape[3])], dim=1)
