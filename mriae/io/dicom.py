@@ -329,12 +329,16 @@ def write_dicom_series(
     series_uid: str | None = None,
     study_uid: str | None = None,
     rescale: bool = True,
+    image_type: Sequence[str] = ("DERIVED", "SECONDARY"),
+    modality: str = "MR",
 ) -> list[Path]:
     """Write ``volume`` (X, Y, Z) as a positioned MR Image Storage series, one file per slice along axis 2.
 
     Pixels are int16 with RescaleSlope/Intercept (global, so float data round-trips to ~1e-5 of its
     range); ``affine`` is the RAS voxel->world affine (nibabel/MONAI) and is converted to LPS for the
     tags. Files are explicit VR little endian with valid file meta, named ``slice_0001.dcm``, ...
+    ``image_type`` (default ``DERIVED\\SECONDARY``) and ``modality`` (default ``MR``) set ImageType and
+    Modality, e.g. ``("ORIGINAL", "PRIMARY")`` to write what looks like an acquired series.
 
     Note: readers (this one, ITK, dcm2niix) order slices along the normal ``row x col``; when axis 2 of
     ``affine`` points the other way the series reads back with axis 2 reversed (same world geometry).
@@ -372,8 +376,8 @@ def write_dicom_series(
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20000101", "000000", "1", ""
         ds.ReferringPhysicianName, ds.PositionReferenceIndicator = "", ""
-        ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "MR", "mriae", 1, k + 1
-        ds.SeriesDescription, ds.ImageType = series_description, ["DERIVED", "SECONDARY"]
+        ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = modality, "mriae", 1, k + 1
+        ds.SeriesDescription, ds.ImageType = series_description, [str(t) for t in image_type]
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "RM", "NONE", "", "3D"
         ds.ImagePositionPatient = [_ds(v) for v in ipp]
         ds.ImageOrientationPatient = [_ds(v) for v in (*row, *col)]

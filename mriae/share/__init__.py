@@ -1,0 +1,1 @@
+"""Sharing a trained bundle and running it on clinical data."""
