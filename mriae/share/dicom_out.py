@@ -47,10 +47,10 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from pydicom.valuerep import DSfloat
 
 from mriae.errors import InputError, MissingFileError
-from mriae.io.dicom import LPS_TO_RAS, VolumeReadError, _check_geometry, _scan, _slice_pixels
+from mriae.atomic import atomic_write
+from mriae.io.dicom import LPS_TO_RAS, VolumeReadError, _check_geometry, _ds, _scan, _slice_pixels
 
 __all__ = [
     "SelectedSeries",
@@ -104,11 +104,6 @@ def _one_line(text: str) -> str:
 def _fail(where: str | Path, problem: str) -> InputError:
     """One-line :class:`InputError` ``"<where>: <problem>"``."""
     return InputError(_one_line(f"{where}: {problem}"))
-
-
-def _ds(x: float) -> DSfloat:
-    """A float as a valid (16-character) DICOM decimal string."""
-    return DSfloat(float(x), auto_format=True)
 
 
 def _lo(text: str, limit: int = 64) -> str:
@@ -676,12 +671,7 @@ def write_parametric_map(
     ds = pydicom.dcmread(io.BytesIO(buf.getvalue()))
     if identity == "research":
         anonymizer.apply(ds)  # before anything reaches the disk
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / PMAP_NAME
-    tmp = out / f".{PMAP_NAME}.tmp"
-    pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-    tmp.replace(path)
+    path = atomic_write(Path(out_dir) / PMAP_NAME, lambda tmp: pydicom.dcmwrite(tmp, ds, enforce_file_format=True))
     logger.info("wrote the residual parametric map of %s to %s", sel.label, path)
     return path
 
