@@ -7,7 +7,9 @@ At the end of a run the means go into ``engine.state.metrics`` (``<prefix><condi
 ``<prefix><condition>_input_<metric>``, ``<prefix>loss``: the loss on the ``loss_condition``
 input, clean by default, the corrupted one for a denoiser) for checkpointing, early stopping and
 MLflow; with ``output_dir`` it also writes ``per_slice.csv``, ``per_subject.csv``,
-``summary.csv`` / ``summary.json`` (mean and std) and one figure per case.
+``summary.csv`` / ``summary.json`` (mean and std) and one figure per case; with ``checkpoint``
+also ``evaluated.json``: which weights these numbers belong to (file name and sha256), so that a
+release fills its ``eval_metrics`` only from an evaluation of the weights it ships.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ class ReconstructionMetrics:
         spatial_dims: int = 2,
         print_summary: bool = False,
         loss_condition: str = "clean",
+        checkpoint: str | None = None,
     ) -> None:
+        self.checkpoint = Path(checkpoint) if checkpoint else None
         self.prefix, self.loss_fn, self.loss_condition = prefix, loss_fn, loss_condition
         self.output_dir = Path(output_dir) if output_dir else None
         self.figure_slices = dict(figure_slices or {})
@@ -169,5 +173,15 @@ class ReconstructionMetrics:
         flat = [{"condition": c, "column": k, **v} for c, cols in summ.items() for k, v in cols.items()]
         atomic_write_text(d / "summary.csv", pd.DataFrame(flat).to_csv(index=False))
         atomic_write_text(d / "summary.json", json.dumps(summ, indent=2))
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            from .prepare import sha256_file
+
+            record = {
+                "checkpoint": self.checkpoint.name,
+                "sha256": sha256_file(self.checkpoint),
+                "slices": len({(r["subject"], r["slice"]) for r in self.rows}),
+                "conditions": list(summ),
+            }
+            atomic_write_text(d / "evaluated.json", json.dumps(record, indent=2))
         for sid, case in self.cases.items():
             case_figure(sid, case, d / "figures" / f"{sid}.png")
