@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -497,6 +498,38 @@ def test_python_code_and_symlinks_in_a_bundle_fail(bundle, capsys) -> None:
         "FAIL configs/link.json: a symbolic link or special file (it can point outside the bundle)",
         "FAIL torch.py: Python code or a native library (a bundle ships configs and weights, code lives in the package)",
     ]
+
+
+def test_exports_and_the_wheel_of_a_release_warn_only_where_a_release_keeps_them(bundle, tmp_path, capsys) -> None:
+    """TorchScript in models/model.ts is one warning (mriae never loads it; its pickles are still
+    read); the same archive as models/model.pt, or a .ts elsewhere, fails; so does a pickle payload
+    inside an export, and a wheel outside wheels/."""
+    import torch
+
+    ts = tmp_path / "net.ts"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU())).save(str(ts))
+    (bundle / "models").mkdir()
+    shutil.copy(ts, bundle / "models" / "model.ts")
+    shutil.copy(ts, bundle / "models" / "model.pt")
+    (bundle / "docs" / "net.ts").write_bytes(ts.read_bytes())
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/__init__.py", "import os\n")
+    (bundle / "wheels").mkdir()
+    shutil.copy(wheel, bundle / "wheels" / wheel.name)
+    shutil.copy(wheel, bundle / "models" / wheel.name)
+    report = A.audit(bundle)
+    failed = sorted({f.file for f in report.failures})
+    assert failed == ["docs/net.ts", "models/model.pt", f"models/{wheel.name}"]
+    assert sorted(f.file for f in report.warnings) == ["manifest.sha256", "models/model.ts", f"wheels/{wheel.name}"]
+    assert any(i.file == "models/model.ts" and i.text.startswith("__torch__.") and i.ok for i in report.items)
+    # a payload inside the export's pickle is still a failure
+    with zipfile.ZipFile(ts) as src, zipfile.ZipFile(bundle / "models" / "model.ts", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, pickle.dumps(os.system) if info.filename.endswith("/data.pkl") else data)
+    report = A.audit(bundle)
+    assert any(f.file == "models/model.ts" and "posix.system" in f.text for f in report.failures)
 
 
 # ------------------------------------------------------------------------------ logging.conf

@@ -23,6 +23,9 @@ MANIFEST = "manifest.sha256"
 CACHE_DIRS = frozenset({"__pycache__"})
 CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".pyw", ".pyd", ".so", ".dylib", ".dll"})
 WEIGHT_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".joblib", ".npy", ".npz"})
+# files a released bundle carries for other runtimes and for installing the package: never loaded by
+# mriae (its entry points read models/model.pt), so they are listed as warnings, not failures
+EXPORT_SUFFIXES = frozenset({".ts", ".pt2"})
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 PICKLE_GLOBALS = frozenset(
     {("collections", "OrderedDict"), ("_codecs", "encode")}
@@ -120,9 +123,14 @@ def _scan_pickle(data: bytes, start: int) -> tuple[list[tuple[str, str]], list[s
     return found, problems, None, args
 
 
-def _check_pickle_bytes(data: bytes, member: str, rel: str, report: AuditReport, strict: bool) -> bool:
+def _check_pickle_bytes(
+    data: bytes, member: str, rel: str, report: AuditReport, strict: bool, export: bool = False
+) -> bool:
     """Checks the pickles torch.load / pickle.load would read from ``data``; False when ``data`` is
-    no pickle at all (then nothing is reported unless ``strict``)."""
+    no pickle at all (then nothing is reported unless ``strict``). In an export (``export``), the
+    TorchScript classes of the archive itself (``__torch__.*``, resolved against the archive's code,
+    which is warned about, never imported from Python) and TorchScript's own list and tensor
+    builders (``torch.jit._pickle``) are allowed too."""
     found, problems, end, args = _scan_pickle(data, 0)
     if not args or (end is None and not found and len(args) < 2):
         if strict:
@@ -139,7 +147,9 @@ def _check_pickle_bytes(data: bytes, member: str, rel: str, report: AuditReport,
             break
     for found, problems in pickles:
         for module, qual in found:
-            ok = _pickle_global_ok(module, qual)
+            ok = _pickle_global_ok(module, qual) or (
+                export and (module == "__torch__" or module.startswith("__torch__.") or module == "torch.jit._pickle")
+            )
             report.item(
                 "pickle", rel, member, f"{module}.{qual}", None if ok else "a pickle global that can run code"
             )
@@ -162,11 +172,27 @@ def _check_npy(stream: Any, member: str, rel: str, report: AuditReport) -> None:
         report.fail(rel, member, f"object array ({dtype})", "loading it with allow_pickle unpickles")
 
 
+def _release_file(rel: str, suffixes: frozenset[str] | set[str], folder: str) -> bool:
+    parts = rel.split("/")
+    return len(parts) == 2 and parts[0] == folder and Path(parts[1]).suffix.lower() in suffixes
+
+
 def audit_weights(root: Path, rel: str, report: AuditReport) -> None:
     """Weights and other pickles: torch zip archives (every ``*.pkl`` member), torch's legacy
-    format, plain pickles and ``.npy``/``.npz``, all read as bytes, never unpickled."""
+    format, plain pickles and ``.npy``/``.npz``, all read as bytes, never unpickled.
+
+    A released bundle's exports (``models/*.ts`` TorchScript, ``models/*.pt2`` torch.export) hold
+    code that ``torch.jit.load`` / ``torch.export.load`` run, and ``wheels/*.whl`` is the package
+    for ``pip install``: each is one warning (mriae never loads them; their pickles are still
+    checked), where code anywhere else fails."""
     path = root / rel
     suffix = path.suffix.lower()
+    if _release_file(rel, {".whl"}, "wheels"):
+        report.findings.append(
+            Finding("WARN", rel, "", "a Python wheel", "code that pip installs; nothing loads it from the bundle")
+        )
+        return
+    export = _release_file(rel, EXPORT_SUFFIXES, "models")
     with open(path, "rb") as f:
         head = f.read(512)
     is_pickle = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
@@ -183,7 +209,17 @@ def audit_weights(root: Path, rel: str, report: AuditReport) -> None:
                 code = [
                     i.filename for i in infos if "/code/" in f"/{i.filename}" or i.filename.endswith(".py")
                 ]
-                if code:
+                if code and export:
+                    report.findings.append(
+                        Finding(
+                            "WARN",
+                            rel,
+                            code[0],
+                            "an export for other runtimes",
+                            "torch.jit.load / torch.export.load run the code it holds; mriae never loads it",
+                        )
+                    )
+                elif code:
                     report.fail(
                         rel, code[0], "a TorchScript or code archive", "torch.jit.load runs the code it holds"
                     )
@@ -192,7 +228,7 @@ def audit_weights(root: Path, rel: str, report: AuditReport) -> None:
                         if info.file_size > MAX_PICKLE_BYTES:
                             report.fail(rel, info.filename, "pickle larger than 1 GiB", "not checked")
                         else:
-                            _check_pickle_bytes(z.read(info), info.filename, rel, report, strict=True)
+                            _check_pickle_bytes(z.read(info), info.filename, rel, report, strict=True, export=export)
                     elif info.filename.endswith(".npy"):
                         with z.open(info) as member:
                             _check_npy(member, info.filename, rel, report)
