@@ -9,8 +9,6 @@ input, outputs land on the input's exact grid, and no DICOM identifier leaks any
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,49 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import EPOCHS, REPO, run_bundle
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 8
 CONFIGS = REPO / "bundles" / "res_unet" / "configs"
-
-
-def run_bundle(*args: str, cwd: Path = REPO, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
-    e = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=e)
-    if check:
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
-
-
-def _train_and_evaluate(small_prepared, tmp_path_factory, recipe: list[str], slices: int = 24) -> dict:
-    """A copy of the bundle trained and evaluated on the small cohort with the given config files."""
-    root = tmp_path_factory.mktemp("bundle") / "res_unet"
-    shutil.copytree(REPO / "bundles" / "res_unet", root, ignore=shutil.ignore_patterns("models", "eval", "outputs"))
-    db = root.parent / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    uri = f"sqlite:///{db}"
-    common = ["--bundle_root", str(root), "--dataset_dir", str(small_prepared.parent), "--tracking_uri", uri]
-    files = [str(root / "configs" / f) for f in recipe]
-    train = run_bundle("training", "--config_file", str(files) if len(files) > 1 else files[0], *common,
-                       "--train#trainer#max_epochs", str(EPOCHS), "--max_slices_per_subject", str(slices), "--batch_size", "8")
-    evaluate = run_bundle("evaluating", "--config_file", str(files + [str(root / "configs" / "evaluate.json")]), *common)
-    return {"root": root, "uri": uri, "train": train, "evaluate": evaluate, "datalist": small_prepared, "recipe": recipe}
-
-
-@pytest.fixture(scope="session")
-def trained_s4(small_prepared, tmp_path_factory):
-    """S4's exact recipe (``configs/s4.json`` merged over train.json)."""
-    return _train_and_evaluate(small_prepared, tmp_path_factory, ["train.json", "s4.json"])
-
-
-@pytest.fixture(scope="session")
-def trained(small_prepared, tmp_path_factory):
-    """The shipped recipe (the residual denoiser with context slices), on the same small cohort (its own
-    plan travels: S4's grid here)."""
-    return _train_and_evaluate(small_prepared, tmp_path_factory, ["train.json"], slices=8)
 
 
 def test_validation_psnr_rises_and_best_checkpoint_is_kept(trained_s4):
