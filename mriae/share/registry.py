@@ -17,7 +17,6 @@ the others after 30 s and 2 retries (``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``..._MAX
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -123,11 +122,9 @@ def _quoted(value: str, what: str) -> str:
 
 # ------------------------------------------------------------------------------------ the zip
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from ..prepare import sha256_file
+
+    return sha256_file(path)
 
 
 def _read_bundle(zip_path: str | Path) -> tuple[Path, str, dict]:
