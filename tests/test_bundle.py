@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import EPOCHS, REPO, run_bundle
+from conftest import EPOCHS, REPO, artifact_names, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -82,11 +82,11 @@ def test_mlflow_runs_hold_params_metrics_and_artifacts(trained_s4):
     hist = client.get_metric_history(tr.info.run_id, "val_clean_psnr")
     assert sorted(m.step for m in hist) == list(range(1, EPOCHS + 1))
     assert len(client.get_metric_history(tr.info.run_id, "train_loss")) == EPOCHS
-    arts = _artifacts(client, tr.info.run_id)
+    arts = artifact_names(client, tr.info.run_id)
     assert {"model.pt", "model.json", "curves.png", "history.json", "train.json", "README.md"} <= arts
     ev = runs["evaluate"]
     assert ev.data.metrics["test_combined_psnr"] > ev.data.metrics["test_combined_input_psnr"]
-    assert {"per_slice.csv", "summary.json", "heldout-000.png"} <= _artifacts(client, ev.info.run_id)
+    assert {"per_slice.csv", "summary.json", "heldout-000.png"} <= artifact_names(client, ev.info.run_id)
 
 
 def test_the_denoiser_learns_keeps_its_plan_and_beats_the_noisy_input(trained):
@@ -104,13 +104,6 @@ def test_the_denoiser_learns_keeps_its_plan_and_beats_the_noisy_input(trained):
     summ = json.loads((root / "eval" / "summary.json").read_text())
     assert summ["noise"]["psnr"]["mean"] > summ["noise"]["input_psnr"]["mean"] + 1  # dB: it denoises
     assert summ["clean"]["psnr"]["mean"] > 30  # and leaves a clean slice nearly alone (a tiny CPU budget)
-
-
-def _artifacts(client, run_id, path=None) -> set[str]:
-    names = set()
-    for f in client.list_artifacts(run_id, path):
-        names |= _artifacts(client, run_id, f.path) if f.is_dir else {Path(f.path).name}
-    return names
 
 
 def _infer(trained, input_path: Path, out: Path) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, artifact_names
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +156,7 @@ def test_losses_and_quality_are_finite_and_logged_to_mlflow_every_epoch(gan_runs
     assert p["learning_rate"] == "5e-05" and p["betas"] == "[0.5, 0.9]" and p["latent_size"] == "200"
     assert (p["n_critic"], p["gp_weight"]) == (("5", "10.0") if name.startswith("wgan") else ("1", "0.0"))
     assert p["feature_space"].startswith(("trained ResUNetAE", "random-init ResUNetAE"))
-    arts = _artifacts(client, r.info.run_id)
+    arts = artifact_names(client, r.info.run_id)
     assert {
         "epoch_001.png",
         "epoch_002.png",
@@ -250,13 +250,6 @@ def test_3d_generator_io_verifies_at_full_size():
     verify_net_in_out(
         net_id="network_def", meta_file=str(cfg / "metadata.json"), config_file=str(cfg / "inference.json")
     )
-
-
-def _artifacts(client, run_id, path=None) -> set[str]:
-    names = set()
-    for f in client.list_artifacts(run_id, path):
-        names |= _artifacts(client, run_id, f.path) if f.is_dir else {f.path.rsplit("/", 1)[-1]}
-    return names
 
 
 def test_3d_gan_continues_with_resume_and_stops_at_its_time_limit(gan_runs):

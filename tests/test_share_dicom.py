@@ -16,50 +16,16 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import template_crop
+from conftest import SENTINEL_BYTES, SENTINELS, check_derived, patch_tags as _patch
+from conftest import dicom_crop as _crop, flipped_rows as _flipped, match_source as _match_source
 from mriae.errors import InputError, MissingFileError
 from mriae.io.dicom import LPS_TO_RAS, write_dicom_series
 from mriae.share import dicom_out as dout
 
-SENTINELS = {
-    "PatientName": "SENTINEL^NAME",
-    "PatientID": "SENTINEL_PID",
-    "PatientBirthDate": "19010203",
-    "AccessionNumber": "SENTINEL_ACC",
-    "InstitutionName": "SENTINEL HOSPITAL",
-    "ReferringPhysicianName": "SENTINEL^REFERRER",
-    "StudyID": "SENTINEL_SID",
-}
-SENTINEL_BYTES = (b"SENTINEL", b"19010203")
 BUNDLE, VERSION = "res_unet", "1.4.2"
 
 
 # ----------------------------------------------------------------------------------------------- data
-
-
-def _crop():
-    """48x56x24 (x, y, z) real T1 crop and its RAS affine."""
-    data, affine = template_crop()
-    x0, y0, z0 = 8, 12, 18
-    shift = np.eye(4)
-    shift[:3, 3] = (x0, y0, z0)
-    return np.ascontiguousarray(data[x0 : x0 + 48, y0 : y0 + 56, z0 : z0 + 24]), affine @ shift
-
-
-def _flipped(vol: np.ndarray, affine: np.ndarray):
-    """Same world geometry, axis 0 reversed: the row cosine points right-to-left, so the slice normal
-    row x col points down while the files are written bottom-up: the reader must reorder them."""
-    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
-    flip[0, 3] = vol.shape[0] - 1
-    return np.ascontiguousarray(vol[::-1]), affine @ flip
-
-
-def _patch(files, **tags):
-    for f in files:
-        ds = pydicom.dcmread(f)
-        for k, v in tags.items():
-            setattr(ds, k, v)
-        ds.save_as(f)
 
 
 def _same_world(vol: np.ndarray, affine: np.ndarray, target: np.ndarray, shape) -> np.ndarray:
@@ -301,45 +267,8 @@ def clinic_out(tmp_path_factory, sel, volume):
     return {"den": den, "res": (v - den).astype(np.float32), "files": files, "pmap": pmap, "out": out}
 
 
-def _match_source(sel, ds) -> int:
-    """Index of the source slice at the position of ``ds``."""
-    ipp = np.array([float(x) for x in ds.ImagePositionPatient])
-    d = [np.abs(ipp - [float(x) for x in h.ImagePositionPatient]).max() for h in sel.headers]
-    assert min(d) < 1e-4
-    return int(np.argmin(d))
-
-
 def _check_derived(sel, datasets, den, *, same_identity: bool):
-    src_uids = {h.SOPInstanceUID for h in sel.headers}
-    series = {ds.SeriesInstanceUID for ds in datasets}
-    sops = [ds.SOPInstanceUID for ds in datasets]
-    assert len(series) == 1 and sel.uid not in series
-    assert len(set(sops)) == len(sel.headers) and not src_uids & set(sops)
-    seen = set()
-    slope = float(datasets[0].RescaleSlope)
-    for ds in datasets:
-        k = _match_source(sel, ds)
-        seen.add(k)
-        src = sel.headers[k]
-        assert ds.SOPClassUID == pydicom.uid.MRImageStorage and ds.Modality == "MR"
-        assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-        ref = ds.SourceImageSequence[0]
-        if same_identity:
-            assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
-            assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.PatientID == src.PatientID
-            assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID and ds.PatientName == src.PatientName
-        assert ref.ReferencedSOPClassUID == src.SOPClassUID
-        assert ds.ImagePositionPatient == src.ImagePositionPatient
-        assert ds.ImageOrientationPatient == src.ImageOrientationPatient
-        assert ds.PixelSpacing == src.PixelSpacing and ds.SliceThickness == src.SliceThickness
-        assert float(ds.RescaleSlope) == slope  # one scaling for the series
-        vals = ds.pixel_array.astype(np.float64) * slope + float(ds.RescaleIntercept)
-        assert np.abs(vals - den[k]).max() <= slope / 2 + 1e-5
-        eq = ds.ContributingEquipmentSequence[-1]
-        assert (eq.Manufacturer, eq.ManufacturerModelName, eq.SoftwareVersions) == ("mriae", BUNDLE, VERSION)
-        assert BUNDLE in ds.DerivationDescription and VERSION in ds.DerivationDescription
-        assert "denoised" in ds.SeriesDescription
-    assert seen == set(range(len(sel.headers)))
+    check_derived(sel, datasets, den, same_identity=same_identity, bundle=BUNDLE, version=VERSION)
 
 
 def test_derived_series_clinic(sel, clinic_out):

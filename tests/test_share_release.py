@@ -18,8 +18,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import REPO, mlflow_server_at
-from test_share_dicom import SENTINEL_BYTES, SENTINELS, _check_derived, _crop, _flipped, _patch
+from conftest import REPO, SENTINEL_BYTES, SENTINELS, check_derived, dicom_crop, flipped_rows, mlflow_server_at, patch_tags
 
 from mriae.errors import InputError
 from mriae.io.dicom import write_dicom_series
@@ -43,15 +42,15 @@ def release(trained, tmp_path_factory):
 def study(tmp_path_factory):
     """A study folder with a positioned T1 series of the real template (sentinel identifiers) and a
     screen capture ('OT') beside it."""
-    vol, aff = _flipped(*_crop())
+    vol, aff = flipped_rows(*dicom_crop())
     root = tmp_path_factory.mktemp("study")
     uid = pydicom.uid.generate_uid()
     t1 = write_dicom_series(vol, aff, root / "t1", series_description="T1 MPRAGE", study_uid=uid,
                             image_type=("ORIGINAL", "PRIMARY", "M", "ND"))  # fmt: skip
-    _patch(t1, SeriesNumber=3, **SENTINELS)
+    patch_tags(t1, SeriesNumber=3, **SENTINELS)
     ot = write_dicom_series(vol, aff, root / "ot", series_description="screen", study_uid=uid,
                             image_type=("ORIGINAL", "PRIMARY"), modality="OT")  # fmt: skip
-    _patch(ot, SeriesNumber=5, **SENTINELS)
+    patch_tags(ot, SeriesNumber=5, **SENTINELS)
     return root
 
 
@@ -170,7 +169,7 @@ def test_the_release_runs_in_a_clean_environment(release, study, tmp_path):
     where = subprocess.run([py, "-c", "import mriae; print(mriae.__file__)"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert where.startswith(str(site)) and not where.startswith(str(REPO))
-    vol, aff = _crop()
+    vol, aff = dicom_crop()
     scan = tmp_path / "t1.nii.gz"
     nib.save(nib.Nifti1Image(vol, aff), scan)
     r = subprocess.run([py, "-m", "mriae.share", "verify", str(release.path), "--input", str(scan)], cwd=tmp_path,
@@ -198,12 +197,8 @@ def test_the_release_runs_in_a_clean_environment(release, study, tmp_path):
 # ------------------------------------------------------------------------------------ DICOM run
 
 
-def test_run_answers_in_dicom_on_the_series_grid(release, study, tmp_path, monkeypatch):
-    import test_share_dicom
-
+def test_run_answers_in_dicom_on_the_series_grid(release, study, tmp_path):
     from mriae.share.clinic import run_release
-
-    monkeypatch.setattr(test_share_dicom, "VERSION", release.version)  # what _check_derived expects
 
     (res,) = run_release(release.path, study, tmp_path / "out")
     out = res.output
@@ -222,7 +217,7 @@ def test_run_answers_in_dicom_on_the_series_grid(release, study, tmp_path, monke
                                atol=1e-3 * float(vol.max()))  # fmt: skip
     # the derived series: identifiers kept (clinic), references, geometry, pixels = the NIfTI output
     derived = [pydicom.dcmread(f) for f in sorted((out / "denoised").glob("IM_*.dcm"))]
-    _check_derived(sel, derived, den, same_identity=True)
+    check_derived(sel, derived, den, same_identity=True, bundle="res_unet", version=release.version)
     assert derived[0].PatientID == SENTINELS["PatientID"]
     equip = derived[0].ContributingEquipmentSequence[-1]
     assert release.version in str(equip.SoftwareVersions) and "res_unet" in str(equip.ManufacturerModelName)
@@ -245,12 +240,15 @@ def test_run_checks_every_study_before_writing(release, study, tmp_path):
         run_release(release.path, batch, tmp_path / "out", batch=True)
     assert str(batch / "b") in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["batch"]
+    with pytest.raises(InputError, match="a file; --input takes a DICOM study folder"):
+        run_release(release.path, next((study / "t1").glob("*.dcm")), tmp_path / "out")
     shutil.rmtree(batch / "b")
     shutil.copytree(study, batch / "c")
-    results = run_release(release.path, batch, tmp_path / "out", batch=True, report=False)
-    assert [r.output.name for r in results] == ["a", "c"]
+    results = run_release(release.path, batch, tmp_path / "out", batch=True, report=False, workers=2)
+    assert [r.output.name for r in results] == ["a", "c"] and results[0].seconds["writers"] == 2
     a, c = (nib.load(tmp_path / "out" / n / "denoised.nii.gz").get_fdata() for n in ("a", "c"))
-    np.testing.assert_array_equal(a, c)  # one workflow over the folder, the same answer per study
+    np.testing.assert_array_equal(a, c)  # one workflow over the folder, two writer processes, one answer
+    assert len(list((tmp_path / "out" / "c" / "denoised").glob("IM_*.dcm"))) == 24
 
 
 # ------------------------------------------------------------------------------ MLflow hand-over

@@ -5,8 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import REPO
-from test_bundle import _artifacts, run_bundle
+from conftest import REPO, artifact_names, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +35,7 @@ def test_training_logs_to_a_real_mlflow_server(mlflow_server, small_prepared, tm
     assert run.data.params["optimizer"] == "torch.optim.Adam" and run.data.params["learning_rate"] == "0.001"
     assert run.data.params["context"] == "2" and run.data.params["plan.inference_grid"] == "native"
     assert len(client.get_metric_history(run.info.run_id, "val_corrupted_psnr")) == 2
-    assert {"model.pt", "curves.png", "train.json", "metadata.json"} <= _artifacts(client, run.info.run_id)
+    assert {"model.pt", "curves.png", "train.json", "metadata.json"} <= artifact_names(client, run.info.run_id)
     assert any((tmp_path / "art").rglob("model.pt"))  # stored by the server, not next to the client
 
 
@@ -49,6 +48,6 @@ def test_monai_tracking_flag_joins_the_same_run(small_prepared, tmp_path):
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("res_unet").experiment_id])
     assert len(runs) == 1  # MONAI's handlers write into our run instead of opening a second one
-    arts = _artifacts(client, runs[0].info.run_id)
+    arts = artifact_names(client, runs[0].info.run_id)
     assert any(a.startswith("config_") and a.endswith(".json") for a in arts)  # MONAI's executed-config record
     assert "model.pt" in arts

@@ -73,6 +73,7 @@ def _run(args) -> int:
         device=args.device,
         trust=args.trust_bundle,
         report=not args.no_report,
+        workers=args.workers,
     )
     for r in results:
         print(f"{r.output}: {r.series} {'x'.join(map(str, r.shape))}" + "".join(f"\n  warning: {w}" for w in r.warnings))
@@ -114,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", action="store_true", help="every sub-folder of --input is one study")
     p.add_argument("--device", default=None)
     p.add_argument("--no-report", action="store_true")
+    p.add_argument("--workers", type=int, default=None, help="processes writing the studies' outputs (default: by CPUs)")
     p.add_argument("--trust-bundle", action="store_true")
     p.set_defaults(fn=_run)
     args = ap.parse_args(argv)
