@@ -338,9 +338,8 @@ def _stage(root: Path, stage: Path, meta: dict, metrics: dict, side: dict, expor
     shutil.copy2(root / "models" / "model.pt", stage / "models" / "model.pt")
     side = _relative(side, [repo_root(), root])
     atomic_write_text(stage / "models" / "model.json", json.dumps(side, indent=2) + "\n")
-    for f in ("LICENSE",):
-        if (root / f).is_file():
-            shutil.copy2(root / f, stage / f)
+    if (root / "LICENSE").is_file():
+        shutil.copy2(root / "LICENSE", stage / "LICENSE")
     (stage / "docs").mkdir()
     notice = Path(__file__).resolve().parents[1] / "NOTICE_TEMPLATES.txt"
     shutil.copy2(notice, stage / "docs" / "data_license.txt")

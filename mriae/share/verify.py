@@ -159,16 +159,14 @@ def _check_inference(root: Path, input_path: str | Path | None) -> str:
         return f"{src.name} {a.shape} -> {recon[0].name}, mean change {change:.3%} of the mean input"
 
 
-def _check_exports(root: Path, kind: str) -> str:
+def _check_exports(root: Path, kind: str, net, meta: dict) -> str:
     import torch
 
-    from .pack import _example_input, bundle_network
+    from .pack import _example_input
 
     path = root / "models" / ("model.ts" if kind == "ts" else "model.pt2")
     if not path.is_file():
         raise MissingFileError(f"{path}: not in the release")
-    meta = json.loads((root / "configs" / "metadata.json").read_text())
-    net = bundle_network(root)
     x = _example_input(meta)
     shape = [x.shape[0] + 1, x.shape[1], *[s + 8 for s in x.shape[2:]]]  # another batch and size
     x2 = torch.rand(shape, generator=torch.Generator().manual_seed(0))
@@ -226,8 +224,18 @@ def verify(path: str | Path, input_path: str | Path | None = None) -> list[Check
 
         checks.append(_run("verify_metadata", do_metadata))
         checks.append(_run("verify_net_in_out", do_net))
-        checks.append(_run("torchscript", lambda: _check_exports(root, "ts")))
+        from .pack import bundle_network
+
+        meta = json.loads((root / "configs" / "metadata.json").read_text())
+        net: list = []  # the PyTorch network, built once for both exports
+
+        def do_export(kind: str) -> str:
+            if not net:
+                net.append(bundle_network(root))
+            return _check_exports(root, kind, net[0], meta)
+
+        checks.append(_run("torchscript", lambda: do_export("ts")))
         if (root / "models" / "model.pt2").is_file():
-            checks.append(_run("export", lambda: _check_exports(root, "pt2")))
+            checks.append(_run("export", lambda: do_export("pt2")))
         checks.append(_run("inference", lambda: _check_inference(root, input_path)))
     return checks
