@@ -1,15 +1,19 @@
 """mriae: the shared library behind the MRI autoencoder / GAN MONAI bundles.
 
-Modules: ``io`` (NIfTI, MGZ, DICOM readers), ``cohort`` (demo cohort from public templates),
-``preprocessing`` and ``split`` (the prepare step), ``corruption`` (batched input corruption),
-``networks`` (one file per architecture family), ``losses``, ``engine`` (Ignite pieces),
-``evaluation``, ``inference``, ``tracking`` (MLflow).
+Sub-packages by pipeline stage, earliest first (a stage imports only earlier ones; docs/architecture.md):
+``io`` (NIfTI, MGZ, DICOM readers and writers), ``prepare`` (sources, preprocessing, split, demo cohort,
+datalist), ``data`` (slice and volume datasets, the device loader, corruption), ``networks`` (one file per
+architecture family, checkpoints with their plan), ``figures``, ``train`` (Ignite engine, losses,
+adversarial trainers, MLflow tracking, resume), ``evaluate`` (metrics, GAN quality), ``infer``
+(inference on a user's scan), ``compare`` (leaderboard, statistics, baselines, real-scan benchmark),
+``tools`` (bundle handle, latent check, VAE tools, visualisation, sweep, audited run) and ``share``
+(release zip, registry, clinic run). ``errors``, ``files`` and ``audit`` serve every stage.
 """
 
 import logging as _logging
 from pathlib import Path as _Path
 
-from .errors import install_excepthook as _install_excepthook
+from mriae.errors import install_excepthook as _install_excepthook
 
 __version__ = "0.1.0"
 __all__ = ["repo_root", "default_data_dir", "find_bundle_root", "__version__"]

@@ -183,7 +183,8 @@ def standard_pipeline(args, device, workers: int):
         ScaleIntensityd,
     )
 
-    from mriae.data import SliceDataset, ensure_datalist
+    from mriae.data.slices import SliceDataset
+    from mriae.prepare.pipeline import ensure_datalist
 
     datalist = ensure_datalist(args.dataset_dir)
     ds = SliceDataset(datalist, "training")
@@ -228,7 +229,7 @@ def ixi_like_volume(path: Path) -> None:
     import nibabel as nib
     from scipy.ndimage import affine_transform
 
-    from mriae.cohort import locate_template
+    from mriae.prepare.cohort import locate_template
 
     src = nib.load(locate_template("icbm152_2009a_t1"))
     ax = nib.orientations.axcodes2ornt(("P", "S", "R"))
@@ -248,7 +249,7 @@ def ixi_like_volume(path: Path) -> None:
 def bench_infer(args, device, threads: int | None = None) -> dict:
     from monai.bundle import ConfigParser
 
-    import mriae.engine
+    import mriae.train.engine
 
     if threads:
         torch.set_num_threads(threads)
@@ -264,7 +265,7 @@ def bench_infer(args, device, threads: int | None = None) -> dict:
     net = p.get_parsed_content("network")
     ckpt = Path(p.get_parsed_content("ckpt_path"))
     if ckpt.is_file():
-        mriae.engine.load_weights(net, ckpt)
+        mriae.networks.checkpoint.load_weights(net, ckpt)
     net.eval()
     pre, inferer, post = (p.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing"))
     load, rest_pre = pre.transforms[0], pre.transforms[1:]
@@ -301,9 +302,9 @@ def bench_infer(args, device, threads: int | None = None) -> dict:
 
 
 def bench_prepare(args) -> dict:
-    from mriae.prepare import prepare
-    from mriae.preprocessing import PreprocessConfig
-    from mriae.sources import list_subjects
+    from mriae.prepare.pipeline import prepare
+    from mriae.prepare.preprocessing import PreprocessConfig
+    from mriae.prepare.sources import list_subjects
 
     cohort = Path(args.dataset_dir) / "cohort"
     subjects = list_subjects("demo", cohort)
@@ -348,8 +349,8 @@ def main(argv=None) -> int:
         raise SystemExit("--cuda-graph / --only ours_graph need a CUDA device")
     if args.bundle != "res_unet" and only & {"standard", "infer"}:
         raise SystemExit("--only standard / infer measure res_unet; use --only pure,ours with --bundle " + args.bundle)
-    from mriae.data import ensure_datalist
-    from mriae.engine import seed_everything
+    from mriae.prepare.pipeline import ensure_datalist
+    from mriae.train.engine import seed_everything
 
     seed_everything(0)
     from monai.bundle import ConfigParser

@@ -6,7 +6,7 @@ noise of the benchmark's condition (default sigma 0.03), written as an MR DICOM 
 a rescale slope). Then ``mriae.share.clinic.run_release`` runs the release on the folder in one
 process (``--batch``) and the script reports volumes per second, where the time went, and, per
 study, the PSNR of the denoised NIfTI and of the derived DICOM series read back, against the clean
-reference, scored as ``mriae.real_scan.score`` scores PSNR (head box, peak 1): the numbers of
+reference, scored as ``mriae.compare.real_scan.score`` scores PSNR (head box, peak 1): the numbers of
 docs/real_scans.md, reached here through DICOM in and DICOM out.
 
     python scripts/clinic_benchmark.py dist/res_unet_0.2.0.zip --studies 20 --out /tmp/clinic [--device cuda:0]
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     from mriae.io import load_volume
     from mriae.io.dicom import write_dicom_series
-    from mriae.real_scan import corrupt, find_scan, reference
+    from mriae.compare.real_scan import corrupt, find_scan, reference
     from mriae.share.clinic import run_release, summary_line
 
     out = Path(args.out)
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     scan = find_scan()
     ref = reference(scan)
 
-    def psnr_of(vol: np.ndarray) -> float:  # mriae.real_scan.score's PSNR (head box, peak 1), without its SSIM
+    def psnr_of(vol: np.ndarray) -> float:  # mriae.compare.real_scan.score's PSNR (head box, peak 1), without its SSIM
         o, c = np.asarray(vol, dtype=np.float64)[ref["box"]], ref["volume"].astype(np.float64)[ref["box"]]
         return float(10 * np.log10(1.0 / max(float(np.mean((o - c) ** 2)), 1e-12)))
     t0 = time.perf_counter()

@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mriae.gan_metrics import summarise  # noqa: E402
-from mriae.reports import plt, save_figure  # noqa: E402
+from mriae.evaluate.gan_quality import summarise  # noqa: E402
+from mriae.figures.plots import plt, save_figure  # noqa: E402
 
 MARGIN = 0.10
 

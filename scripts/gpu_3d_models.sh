@@ -4,7 +4,7 @@
 #
 #   1. cae_3d with its default recipe (GroupNorm, dense code layer at lr 5e-6, random affine
 #      augmentation, 5,000 steps), trained and scored by scripts/compare.py (17 conditions, identity and
-#      gaussian baselines), then `python -m mriae.latent_check` on the test and training volumes, and
+#      gaussian baselines), then `python -m mriae.tools.latent_check` on the test and training volumes, and
 #      the training mean volume scored on the same test slices (the mean-volume baseline);
 #   2. wgan_gp_3d with its default recipe (2,000 generator updates, quality every 100);
 #   3. dcgan_2d, then wgan_gp_2d (S1's recipes), towards 5,000 generator updates each, quality every 250.
@@ -54,7 +54,7 @@ timed() {  # timed NAME cmd...: run, log to $BUILD/logs/NAME.log, append the sec
 }
 { $PY -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, 'device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
   git rev-parse HEAD 2>/dev/null || echo "commit: unknown"; echo "start $(date -u +%FT%TZ), budget ${BUDGET_S} s"; } | tee -a "$BUILD/env.txt"
-$PY -c "import mriae.data as d; print(d.ensure_datalist('$DATA'))"
+$PY -c "from mriae.prepare.pipeline import ensure_datalist; print(ensure_datalist('$DATA'))"
 
 # 1. cae_3d: train + compare leaderboard + latent check + mean-volume baseline (first priority, no time limit)
 CMP="$BUILD/compare_cae_3d"
@@ -65,7 +65,7 @@ if [ ! -f "$CMP/leaderboard.csv" ]; then
 fi
 if [ -f "$CMP/leaderboard.csv" ]; then
 for part in test training; do  # the JSON on stdout, the rest into the log
-  [ -s "$BUILD/latent_$part.json" ] || $PY -m mriae.latent_check --bundle "$CMP/bundles/cae_3d" \
+  [ -s "$BUILD/latent_$part.json" ] || $PY -m mriae.tools.latent_check --bundle "$CMP/bundles/cae_3d" \
       --partition "$part" --dataset-dir "$DATA" --set "img_size=$CAE_SIZE" > "$BUILD/latent_$part.json" \
       2>> "$BUILD/logs/cae_3d_latent.log" || echo "cae_3d: latent check ($part) failed"
 done
@@ -73,12 +73,12 @@ done
     || echo "cae_3d: mean-volume baseline failed"
 import json, sys
 import torch
-import mriae.data
-from mriae.compare import OnWholeVolumes, conditions, evaluate, summarize
-from mriae.data import SliceDataset
-from mriae.volume_data import VolumeDataset
+import mriae.prepare.pipeline
+from mriae.compare.run import OnWholeVolumes, conditions, evaluate, summarize
+from mriae.data.slices import SliceDataset
+from mriae.data.volumes import VolumeDataset
 
-dl = mriae.data.ensure_datalist(sys.argv[1])
+dl = mriae.prepare.pipeline.ensure_datalist(sys.argv[1])
 size = tuple(json.loads(sys.argv[3]))
 mean = VolumeDataset(dl, "training", size=size).images.mean(0, keepdim=True)
 

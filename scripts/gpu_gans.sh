@@ -31,8 +31,8 @@ python3 - <<PY | tee "$OUT/environment.txt"
 import torch, monai
 print("torch", torch.__version__, "monai", monai.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
-import mriae.data
-print("datalist", mriae.data.ensure_datalist("$DATA"))
+import mriae.prepare.pipeline
+print("datalist", mriae.prepare.pipeline.ensure_datalist("$DATA"))
 PY
 PER_EPOCH=$(( (G_UPDATES + EPOCHS - 1) / EPOCHS ))
 for b in $BUNDLES; do
@@ -49,7 +49,7 @@ for b in $BUNDLES; do
         --dataset_dir "$DATA" --use_mlflow False --train#trainer#max_epochs "$EPOCHS" \
         --epoch_length $(( PER_EPOCH * n_critic )) "${extra[@]}" ${EXTRA:-} > "$OUT/$b/train.log" 2>&1 \
         || { tail -40 "$OUT/$b/train.log"; exit 1; }
-    grep -E "mriae.gan_metrics" "$OUT/$b/train.log" | tail -3 || true
+    grep -E "mriae.evaluate.gan_quality" "$OUT/$b/train.log" | tail -3 || true
     echo "$(( $(date +%s) - start ))" > "$OUT/$b/train_seconds.txt"
     python3 -m monai.bundle run --config_file "$root/configs/inference.json" --bundle_root "$root" \
         --output_dir "$OUT/$b/generated" --n_samples 16 $(echo "${EXTRA:-}" | grep -oE -- "--g_channels [^ ]+" || true) \

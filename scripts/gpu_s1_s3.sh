@@ -30,7 +30,7 @@ timed() {  # timed BUNDLE STEP cmd...
   printf "%s\t%s\t%s\n" "$b" "$s" $(( $(date +%s) - t0 )) | tee -a "$OUT/timings.tsv"
 }
 
-$PY -c "import mriae.data as d; print(d.ensure_datalist('data/demo'))"   # build the demo cohort once
+$PY -c "from mriae.prepare.pipeline import ensure_datalist; print(ensure_datalist('data/demo'))"   # build the demo cohort once
 for b in $BUNDLES; do
   extra=()
   [ "$b" = cae_3d ] && extra=(--max_epochs "$CAE3D_EPOCHS")
@@ -45,8 +45,8 @@ for b in $BUNDLES; do
   [ -d "bundles/$b/eval/figures" ] && cp -r "bundles/$b/eval/figures" "$OUT/${b}_figures"
 done
 if [[ " $BUNDLES " == *" vae_2d "* ]] && [ -f bundles/vae_2d/models/model.pt ]; then
-  timed vae_2d sample $PY -m mriae.vae_tools sample --bundle bundles/vae_2d --n 16 --out "$OUT/vae_2d_generative" --no-mlflow || true
-  timed vae_2d interpolate $PY -m mriae.vae_tools interpolate --bundle bundles/vae_2d --slices 3 40 \
+  timed vae_2d sample $PY -m mriae.tools.vae sample --bundle bundles/vae_2d --n 16 --out "$OUT/vae_2d_generative" --no-mlflow || true
+  timed vae_2d interpolate $PY -m mriae.tools.vae interpolate --bundle bundles/vae_2d --slices 3 40 \
       --out "$OUT/vae_2d_generative" --no-mlflow || true
 fi
 if [ "$SWEEP_TRIALS" -gt 0 ]; then

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mriae.s4_family import S4_BUNDLES, derive_configs  # noqa: E402
+from s4_family import S4_BUNDLES, derive_configs  # noqa: E402  (build-time only, beside this script)
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> int:
-    from mriae.data import ensure_datalist
-    from mriae.resume import kill_and_resume
+    from mriae.prepare.pipeline import ensure_datalist
+    from mriae.train.resume import kill_and_resume
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=20)

@@ -4,7 +4,7 @@
     python scripts/sweep.py --bundle bundles/ae_2d --trials 20
     python scripts/sweep.py -h
 
-See ``mriae/sweep.py`` for the space file and what is written.
+See ``mriae/tools/sweep.py`` for the space file and what is written.
 """
 
 import sys
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mriae.sweep import main  # noqa: E402
+from mriae.tools.sweep import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -85,7 +85,7 @@ def mlflow_server(tmp_path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory) -> Path:
-    from mriae.cohort import build_demo_cohort
+    from mriae.prepare.cohort import build_demo_cohort
 
     out = tmp_path_factory.mktemp("cohort")
     build_demo_cohort(out, n_subjects=6, n_test_subjects=2, seed=0, workers=2)
@@ -95,8 +95,8 @@ def small_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_prepared(small_cohort, tmp_path_factory) -> Path:
     """``prepare`` of the small cohort: returns the datalist path."""
-    from mriae.prepare import prepare
-    from mriae.sources import list_subjects
+    from mriae.prepare.pipeline import prepare
+    from mriae.prepare.sources import list_subjects
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     subjects = list_subjects("demo", small_cohort)
@@ -112,7 +112,7 @@ def template_crop():
     import nibabel as nib
     import numpy as np
 
-    from mriae.cohort import locate_template
+    from mriae.prepare.cohort import locate_template
 
     img = nib.load(locate_template("icbm152_2009a_t1"))
     data = np.asarray(img.dataobj, dtype=np.float32)[60:124, 70:150, 60:120]
@@ -127,7 +127,7 @@ def identity_bundle(tmp_path: Path, plan: dict = NATIVE_PLAN, context: int = 2, 
     import torch
     from monai.bundle import ConfigParser
 
-    from mriae.plan import save_model
+    from mriae.networks.checkpoint import save_model
 
     root = tmp_path / "res_unet"
     shutil.copytree(REPO / "bundles" / "res_unet", root, ignore=shutil.ignore_patterns("models", "eval", "outputs"))

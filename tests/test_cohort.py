@@ -1,4 +1,4 @@
-"""Tests of the embedded demo cohort (``mriae.cohort``): real volumes from the installed templates."""
+"""Tests of the embedded demo cohort (``mriae.prepare.cohort``): real volumes from the installed templates."""
 
 from __future__ import annotations
 

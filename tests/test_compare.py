@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from mriae.compare import conditions, corrupt_all
+from mriae.compare.run import conditions, corrupt_all
 
 MODELS = ["res_unet@s4", "shallow_res_ae@s4:block=original", "skip_cae@s4", "myronenko_ae@s4", "res_unet"]
 LABELS = ["res_unet-s4", "shallow_res_ae-s4-block_original", "skip_cae-s4", "myronenko_ae-s4", "res_unet"]
@@ -38,7 +38,7 @@ def test_conditions_and_their_corrupted_slices_are_fixed():
 
 @pytest.fixture(scope="module")
 def compared(small_prepared, tmp_path_factory):
-    from mriae.compare_cli import main
+    from mriae.compare.cli import main
 
     tmp = tmp_path_factory.mktemp("compare")
     results = tmp / "results.md"
@@ -124,7 +124,7 @@ def test_compare_logs_a_parent_run_with_a_child_per_entry(compared):
 
 @pytest.mark.slow
 def test_compare_reuses_trained_checkpoints(compared, tmp_path):
-    from mriae.compare_cli import main
+    from mriae.compare.cli import main
 
     argv = list(compared["argv"])
     argv[argv.index("--results-md") + 1] = "none"
@@ -148,8 +148,8 @@ def test_s1_s3_bundles_join_the_compare_on_the_test_grid(small_prepared, tmp_pat
     compare's own test slices: their input is brought to the training geometry and the output back."""
     from monai.bundle import ConfigParser
 
-    from mriae.compare import AtTrainingGeometry, conditions, evaluate, load_network
-    from mriae.data import SliceDataset
+    from mriae.compare.run import AtTrainingGeometry, conditions, evaluate, load_network
+    from mriae.data.slices import SliceDataset
 
     ds = SliceDataset(small_prepared, "test", max_slices_per_subject=2)
     side = int(ds.images.shape[-1])
@@ -177,7 +177,7 @@ def test_s1_s3_bundles_join_the_compare_on_the_test_grid(small_prepared, tmp_pat
     assert (AtTrainingGeometry(torch.nn.Identity(), 64, "resize")(x) - x).abs().mean() < 0.02
     # S1's volume CAE joins too: each test volume rebuilt from the corrupted test slices, resized to its
     # training size, reconstructed and resized back; the test slices' rows are its prediction
-    from mriae.compare import OnWholeVolumes
+    from mriae.compare.run import OnWholeVolumes
 
     root = tmp_path / "cae_3d"
     shutil.copytree(REPO / "bundles" / "cae_3d" / "configs", root / "configs")

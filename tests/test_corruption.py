@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mriae.corruption import Corruption
+from mriae.data.corruption import Corruption
 
 
 def _only(**kw):

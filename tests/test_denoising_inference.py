@@ -16,8 +16,8 @@ from conftest import identity_bundle as _identity_bundle
 from conftest import template_crop as _template_crop
 from monai.bundle import ConfigParser
 
-from mriae.infer import slicing_axes
-from mriae.preprocessing import PreprocessConfig
+from mriae.infer.pipeline import slicing_axes
+from mriae.prepare.preprocessing import PreprocessConfig
 
 NATIVE = NATIVE_PLAN
 
@@ -182,9 +182,9 @@ def test_residual_head_predicts_the_corruption_of_the_centre_slice():
 
 
 def test_adaptation_lowers_its_self_supervised_loss_on_a_small_real_volume():
-    from mriae.adapt import adapt_to_volume, blind_spot_batch
+    from mriae.infer.adapt import adapt_to_volume, blind_spot_batch
     from mriae.networks import ResUNetAE
-    from mriae.preprocessing import robust_scale
+    from mriae.prepare.preprocessing import robust_scale
 
     torch.manual_seed(0)
     data, _ = _template_crop()
@@ -206,7 +206,7 @@ def test_adaptation_lowers_its_self_supervised_loss_on_a_small_real_volume():
 
 def test_real_scan_protocol_on_colin27(tmp_path):
     from mriae.errors import MissingFileError
-    from mriae.real_scan import corrupt, find_scan, reference, run_baseline, score
+    from mriae.compare.real_scan import corrupt, find_scan, reference, run_baseline, score
 
     try:
         scan = find_scan()
@@ -226,7 +226,7 @@ def test_real_scan_protocol_on_colin27(tmp_path):
 def test_real_scan_audits_each_bundle_before_running_it(tmp_path, capsys):
     """scripts/real_scan.py runs bundles given on its command line: a hostile one is refused before
     anything of it runs (its payload would create a file); --trust-bundle is the explicit way past."""
-    from mriae.real_scan import main
+    from mriae.compare.real_scan import main
 
     root = _identity_bundle(tmp_path, NATIVE)
     cfg = json.loads((root / "configs" / "inference.json").read_text())

@@ -9,10 +9,10 @@ import pytest
 import torch
 from monai.data import DataLoader
 
-from mriae.corruption import Corruption
-from mriae.data import DeviceBatchLoader, SliceDataset
-from mriae.engine import ReconstructionEvaluator
-from mriae.evaluation import ReconstructionMetrics
+from mriae.data.corruption import Corruption
+from mriae.data.slices import DeviceBatchLoader, SliceDataset
+from mriae.train.engine import ReconstructionEvaluator
+from mriae.evaluate.metrics import ReconstructionMetrics
 from mriae.networks import ResUNetAE
 
 

@@ -408,7 +408,7 @@ def test_prepare_and_inference_list_the_new_formats(tmp_path: Path) -> None:
     in two formats gives two subjects."""
     from mriae import sources
     from mriae.io import VOLUME_SUFFIXES
-    from mriae.transforms import list_inputs
+    from mriae.infer.transforms import list_inputs
 
     assert sources.VOLUME_SUFFIXES == VOLUME_SUFFIXES
     names = [
@@ -458,7 +458,7 @@ def test_inference_config_with_save_like_input(tmp_path: Path, inputs: dict[str,
     parser["input_path"], parser["output_dir"] = str(inputs["nrrd"]), str(tmp_path)
     parser["device"] = "$torch.device('cpu')"
     # untrained weights with their plan (native grid, as the shipped denoiser) beside them
-    from mriae.plan import save_model
+    from mriae.networks.checkpoint import save_model
 
     net = parser.get_parsed_content("network_def", instantiate=True)
     plan = {"spacing": [1.0, 1.0, 1.0], "slice_size": 256, "clip": False, "inference_grid": "native"}

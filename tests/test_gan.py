@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from mriae.gan import (
+from mriae.train.adversarial import (
     AdversarialLoss,
     AdversarialTrainer,
     GanCheckpoint,
@@ -19,7 +19,7 @@ from mriae.gan import (
     StopAfter,
     gradient_penalty,
 )
-from mriae.gan_metrics import AEFeatures, frechet_distance, mmd_linear, mmd_rbf, pairwise_msssim
+from mriae.evaluate.gan_quality import AEFeatures, frechet_distance, mmd_linear, mmd_rbf, pairwise_msssim
 from mriae.networks import GanDiscriminator, GanGenerator, count_parameters
 
 GAN_BUNDLES = ("dcgan_2d", "wgan_gp_2d", "wgan_gp_3d")

@@ -40,7 +40,7 @@ def test_latent_is_16x16x128():
 
 
 def test_l2_applies_to_conv_kernels_only():
-    from mriae.engine import param_groups
+    from mriae.train.engine import param_groups
 
     net = ResUNetAE()
     groups = param_groups(net, 1e-5)

@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from mriae.data import DatalistError, SliceDataset, load_datalist
+from mriae.data.slices import SliceDataset
+from mriae.prepare.datalist import DatalistError, load_datalist
 from mriae.io import load_volume
-from mriae.preprocessing import PreprocessConfig, preprocess_volume, relevant_slices
-from mriae.split import split_checksum, stratified_split
+from mriae.prepare.preprocessing import PreprocessConfig, preprocess_volume, relevant_slices
+from mriae.prepare.split import split_checksum, stratified_split
 
 
 def test_preprocessed_volume_is_upright_sagittal_and_scaled(small_cohort):

@@ -129,7 +129,7 @@ def test_stale_temporary_folders_of_a_killed_prepare_are_cleaned(two_volumes, tm
     ],
 )
 def test_bad_parameters_are_refused_in_one_line(two_volumes, tmp_path, capsys, args, words):
-    from mriae.prepare import main
+    from mriae.prepare.pipeline import main
 
     argv = ["--source", "nifti", "--input", str(two_volumes), "--output", str(tmp_path / "out"), *args]
     assert main(argv) == 2

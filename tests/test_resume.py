@@ -50,7 +50,7 @@ def uninterrupted(small_prepared, tmp_path_factory):
 def test_killed_at_random_moments_and_resumed_it_ends_where_an_uninterrupted_run_ends(
     uninterrupted, small_prepared, tmp_path
 ):
-    from mriae.resume import kill_and_resume
+    from mriae.train.resume import kill_and_resume
 
     root = _bundle(tmp_path)
     t_start = time.time()

@@ -1,4 +1,4 @@
-"""``python -m mriae.run``: a bundle from elsewhere is audited before any of it runs, then handed to
+"""``python -m mriae.tools.run``: a bundle from elsewhere is audited before any of it runs, then handed to
 ``monai.bundle run`` with its own configs."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mriae.run", *args], capture_output=True, text=True, env=ENV,
+    return subprocess.run([sys.executable, "-m", "mriae.tools.run", *args], capture_output=True, text=True, env=ENV,
                           timeout=600)  # fmt: skip
 
 

@@ -85,7 +85,7 @@ def test_vae_reparameterises_and_its_loss_is_bce_plus_beta_kl():
 
 
 def test_coronal_slab_and_volume_datasets_read_the_cache(small_prepared):
-    from mriae.volume_data import CoronalSlabDataset, VolumeDataset
+    from mriae.data.volumes import CoronalSlabDataset, VolumeDataset
 
     dl = json.loads(small_prepared.read_text())
     train = CoronalSlabDataset(small_prepared, "training", n_slices=51, pad_to=176)
@@ -300,7 +300,7 @@ def test_inference_writes_a_volume_on_the_input_grid(trained, small_cohort, tmp_
 
 @pytest.mark.slow
 def test_feature_map_figure_for_a_chosen_slice(trained, tmp_path):
-    from mriae.visualize import main
+    from mriae.tools.visualize import main
 
     root = trained["ae_2d"]
     sets = ["--set", f'dataset_dir="{trained["dataset_dir"]}"', "--set", "latent_size=64"]
@@ -335,8 +335,8 @@ def test_feature_map_figure_for_a_chosen_slice(trained, tmp_path):
 
 @pytest.mark.slow
 def test_vae_samples_from_the_prior_and_interpolates(trained, tmp_path):
-    from mriae.bundle_tools import BundleHandle
-    from mriae.vae_tools import main
+    from mriae.tools.bundle import BundleHandle
+    from mriae.tools.vae import main
 
     root = trained["vae_2d"]
     sets = ["--set", "latent_size=64", "--no-mlflow", "--out", str(tmp_path)]
@@ -374,12 +374,12 @@ def test_vae_samples_from_the_prior_and_interpolates(trained, tmp_path):
 
 @pytest.mark.slow
 def test_cae_3d_code_is_alive_where_s1s_design_saturates(trained, tmp_path, capsys):
-    """`python -m mriae.latent_check` on the default cae_3d after the tiny budget (30 Adam steps):
+    """`python -m mriae.tools.latent_check` on the default cae_3d after the tiny budget (30 Adam steps):
     its sigmoid code is not saturated, differs between the training volumes and passes noise on to
     the reconstruction. S1's exact design (configs/s1.json over train.json), trained on the same
     budget, is the control: every unit sits at the sigmoid's flat top and every volume gets one
     reconstruction, as on the GPU after S1's 500 epochs (docs/results_s1_s3.md)."""
-    from mriae.latent_check import main
+    from mriae.tools.latent_check import main
 
     small = {k: v for k, v in TINY["cae_3d"].items() if k in ("img_size", "latent_size")}
     s1 = _copy("cae_3d", tmp_path)

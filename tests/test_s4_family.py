@@ -3,6 +3,7 @@ spatial dropout, metadata and network shapes that verify, configs in sync with r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -10,10 +11,19 @@ import torch
 from conftest import REPO
 from monai.bundle import ConfigParser
 
-from mriae.engine import param_groups
+from mriae.train.engine import param_groups
 from mriae.networks import MyronenkoAE, ResUNetAE, SkipCAE, count_parameters
-from mriae.s4_family import S4_BUNDLES, derive_configs
 
+
+def _build_tool():  # scripts/s4_family.py is build-time tooling, outside the runtime package
+    spec = importlib.util.spec_from_file_location("s4_family", REPO / "scripts" / "s4_family.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_S4 = _build_tool()
+S4_BUNDLES, derive_configs = _S4.S4_BUNDLES, _S4.derive_configs
 BUNDLES = ["res_unet", *S4_BUNDLES]
 
 

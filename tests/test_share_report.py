@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from conftest import NATIVE_PLAN, REPO, template_crop
 
-from mriae.plan import plan_config
+from mriae.prepare.plan import plan_config
 from mriae.share.report import DISCLAIMER, PLANES, intensity_summary, plan_warnings, write_report
 
 PLAN = plan_config(NATIVE_PLAN).to_dict()  # the shipped denoiser's plan: 1 mm, RIA
@@ -228,7 +228,7 @@ def test_whole_template_reports_fast_and_small(tmp_path):
     import nibabel as nib
     from scipy.ndimage import uniform_filter
 
-    from mriae.cohort import locate_template
+    from mriae.prepare.cohort import locate_template
 
     vol = np.asarray(nib.load(locate_template("icbm152_2009a_t1")).dataobj, dtype=np.float32)[8:189, 8:225, 4:185]
     assert vol.shape == (181, 217, 181)

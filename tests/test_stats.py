@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from mriae.stats import bootstrap_ci, cohens_dz, holm, paired_tests, pvalue_matrix
+from mriae.compare.stats import bootstrap_ci, cohens_dz, holm, paired_tests, pvalue_matrix
 
 
 def test_holm_matches_a_hand_computation():

@@ -1,4 +1,4 @@
-"""The Bayesian sweep (mriae.sweep): space file, pruning, SQLite resume, MLflow child runs, and a best
+"""The Bayesian sweep (mriae.tools.sweep): space file, pruning, SQLite resume, MLflow child runs, and a best
 trial written as an override file that `monai.bundle` merges after train.json."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from conftest import REPO
 
 
 def test_space_file_maps_names_to_config_ids_and_skips_optional_ones(tmp_path):
-    from mriae.sweep import load_space, suggest
+    from mriae.tools.sweep import load_space, suggest
 
     train = json.loads((REPO / "bundles/conv_ae/configs/train.json").read_text())
     space = load_space(REPO / "configs/sweep_space.json", train)
@@ -35,7 +35,7 @@ def test_three_trial_sweep_prunes_resumes_and_writes_best_overrides(small_prepar
     from mlflow.tracking import MlflowClient
     from monai.bundle import ConfigParser
 
-    from mriae.sweep import run_sweep
+    from mriae.tools.sweep import run_sweep
 
     root = tmp_path / "cae_2d"
     shutil.copytree(REPO / "bundles/cae_2d", root, ignore=shutil.ignore_patterns("models", "eval", "outputs", "sweep"))

@@ -33,9 +33,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import InputError, UserError
-from .configs import CONFIG_SUFFIXES, LOGGING_SUFFIXES, ConfigAudit, audit_logging
-from .files import (
+from mriae.errors import InputError, UserError
+from mriae.audit.configs import CONFIG_SUFFIXES, LOGGING_SUFFIXES, ConfigAudit, audit_logging
+from mriae.audit.files import (
     CODE_SUFFIXES,
     MANIFEST,
     audit_weights,
@@ -44,8 +44,8 @@ from .files import (
     walk_bundle,
     write_manifest,
 )
-from .names import ALLOWED_PACKAGES, DENIED, PUBLIC_EXCEPTIONS
-from .report import AuditReport, Finding, Item
+from mriae.audit.names import ALLOWED_PACKAGES, DENIED, PUBLIC_EXCEPTIONS
+from mriae.audit.report import AuditReport, Finding, Item
 
 __all__ = [
     "ALLOWED_PACKAGES",

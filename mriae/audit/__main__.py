@@ -2,6 +2,6 @@
 
 import sys
 
-from . import main
+from mriae.audit import main
 
 sys.exit(main())

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .expressions import (
+from mriae.audit.expressions import (
     DEFAULT_GLOBALS,
     AnyRefs,
     ExpressionChecker,
@@ -23,8 +23,8 @@ from .expressions import (
     parse_expression,
     safe_template,
 )
-from .names import check_target, locator, resolve
-from .report import AuditReport, one_line
+from mriae.audit.names import check_target, locator, resolve
+from mriae.audit.report import AuditReport, one_line
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 LOGGING_SUFFIXES = (".conf", ".ini")

@@ -13,7 +13,7 @@ import re
 import string
 from collections.abc import Callable
 
-from .names import is_module, resolve
+from mriae.audit.names import is_module, resolve
 
 # the names MONAI's ConfigParser binds for every expression (``_default_globals``)
 DEFAULT_GLOBALS = {"monai": "monai", "torch": "torch", "np": "numpy", "numpy": "numpy"}

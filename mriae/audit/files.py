@@ -4,7 +4,6 @@ and the sha256 manifest.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import io
 import os
@@ -14,10 +13,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
-from ..errors import InputError, MissingFileError
-from .names import owner
-from .report import AuditReport, Finding
+from mriae.files import atomic_write_text, sha256_file
+from mriae.errors import InputError, MissingFileError
+from mriae.audit.names import owner
+from mriae.audit.report import AuditReport, Finding
 
 MANIFEST = "manifest.sha256"
 CACHE_DIRS = frozenset({"__pycache__"})
@@ -275,14 +274,6 @@ def walk_bundle(root: Path) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(odd)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(bundle_dir: str | os.PathLike) -> Path:
     """Write ``<bundle>/manifest.sha256``: ``<sha256>  <path>`` per file (the ``sha256sum`` format,
     sorted by path, relative to the bundle root), every file except the manifest and
@@ -296,7 +287,7 @@ def write_manifest(bundle_dir: str | os.PathLike) -> Path:
     bad = [r for r in files if any(c in r for c in "\n\r\\")]
     if bad:
         raise InputError(f"{root / bad[0]}: a file name with a newline or backslash cannot be listed")
-    text = "".join(f"{_sha256(root / r)}  {r}\n" for r in files)
+    text = "".join(f"{sha256_file(root / r)}  {r}\n" for r in files)
     return atomic_write_text(root / MANIFEST, text)
 
 
@@ -335,7 +326,7 @@ def check_manifest(bundle_dir: str | os.PathLike, require: bool = False) -> list
             )
         elif rel not in listed:
             out.append(Finding("FAIL", rel, "", "not listed in the manifest", "added after packaging"))
-        elif (digest := _sha256(root / rel)) != listed[rel]:
+        elif (digest := sha256_file(root / rel)) != listed[rel]:
             why = f"sha256 {digest[:12]}…, manifest {listed[rel][:12]}…"
             out.append(Finding("FAIL", rel, "", "changed after packaging", why))
     return out

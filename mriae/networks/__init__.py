@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from .blocks import FullPreActResBlock, OriginalResBlock, UpBlock
-from .cae import CAE
-from .conv_ae import ConvAE
-from .gan import GanDiscriminator, GanGenerator
-from .myronenko import GreenBlock, MyronenkoAE
-from .res_unet import ResUNetAE
-from .skip_cae import SkipCAE
-from .vae import SimpleAE, SimpleVAE, VAELoss
+from mriae.networks.blocks import FullPreActResBlock, OriginalResBlock, UpBlock
+from mriae.networks.cae import CAE
+from mriae.networks.conv_ae import ConvAE
+from mriae.networks.gan import GanDiscriminator, GanGenerator
+from mriae.networks.myronenko import GreenBlock, MyronenkoAE
+from mriae.networks.res_unet import ResUNetAE
+from mriae.networks.skip_cae import SkipCAE
+from mriae.networks.vae import SimpleAE, SimpleVAE, VAELoss
 
 __all__ = ["ResUNetAE", "FullPreActResBlock", "OriginalResBlock", "UpBlock", "count_parameters"]
 

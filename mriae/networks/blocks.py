@@ -30,7 +30,7 @@ __all__ = [
 def records_init_args(cls: type) -> type:
     """Class decorator: instances keep their constructor's arguments (defaults filled in) as
     ``init_args``, so a checkpoint's side file can say exactly which network its weights fit
-    (``mriae.plan``) and inference can refuse weights made for another one."""
+    (``mriae.prepare.plan``) and inference can refuse weights made for another one."""
     init = cls.__init__
     sig = inspect.signature(init)
 

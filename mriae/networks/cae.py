@@ -59,7 +59,7 @@ class CAE(nn.Module):
             applied after every convolution and transposed convolution but the output head.
 
     ``encode(x)`` gives the latent in (0, 1), ``decode(z)`` the image in (0, 1); ``encoder`` and
-    ``decoder`` are ``nn.Sequential`` of stages (``mriae.visualize`` hooks them).
+    ``decoder`` are ``nn.Sequential`` of stages (``mriae.tools.visualize`` hooks them).
     """
 
     def __init__(

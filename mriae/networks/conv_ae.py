@@ -22,7 +22,7 @@ import torch
 from monai.networks.layers import Pool
 from torch import nn
 
-from .blocks import batch_norm, conv
+from mriae.networks.blocks import batch_norm, conv
 
 __all__ = ["ConvAE"]
 

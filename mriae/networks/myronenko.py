@@ -23,7 +23,7 @@ import torch
 from monai.networks.layers import Dropout
 from torch import nn
 
-from .blocks import FullPreActResBlock, OutputHead, UpBlock, conv, records_init_args
+from mriae.networks.blocks import FullPreActResBlock, OutputHead, UpBlock, conv, records_init_args
 
 __all__ = ["MyronenkoAE", "GreenBlock"]
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .blocks import RES_BLOCKS, NoiseLevelMap, OutputHead, UpBlock, conv, records_init_args
+from mriae.networks.blocks import RES_BLOCKS, NoiseLevelMap, OutputHead, UpBlock, conv, records_init_args
 
 __all__ = ["ResUNetAE"]
 

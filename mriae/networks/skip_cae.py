@@ -23,7 +23,7 @@ import torch
 from monai.networks.layers import Conv
 from torch import nn
 
-from .blocks import OutputHead, UpBlock, batch_norm, conv, records_init_args
+from mriae.networks.blocks import OutputHead, UpBlock, batch_norm, conv, records_init_args
 
 __all__ = ["SkipCAE"]
 

@@ -14,18 +14,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..errors import UserError
+from mriae.errors import UserError
 
 
 def _pack(args) -> int:
-    from .pack import pack
+    from mriae.share.pack import pack
 
     res = pack(args.bundle, args.out, exports=args.exports, trust=args.trust_bundle)
     print(f"{res.path}: {res.name} {res.version}, sha256 {res.sha256}")
     for kind, how in res.exports.items():
         print(f"  model.{kind}: {how}")
     if not args.no_register:
-        from .registry import publish
+        from mriae.share.registry import publish
 
         info = publish(
             res.path,
@@ -42,7 +42,7 @@ def _pack(args) -> int:
 
 
 def _verify(args) -> int:
-    from .verify import verify
+    from mriae.share.verify import verify
 
     checks = verify(args.release, input_path=args.input)
     for c in checks:
@@ -53,7 +53,7 @@ def _verify(args) -> int:
 
 
 def _fetch(args) -> int:
-    from .registry import fetch
+    from mriae.share.registry import fetch
 
     path = fetch(args.model, args.version, alias=args.alias, tracking_uri=args.tracking_uri, out_dir=args.out)
     print(path)
@@ -61,7 +61,7 @@ def _fetch(args) -> int:
 
 
 def _run(args) -> int:
-    from .clinic import run_release, summary_line
+    from mriae.share.clinic import run_release, summary_line
 
     results = run_release(
         args.release,

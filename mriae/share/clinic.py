@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, MissingFileError
+from mriae.errors import InputError, MissingFileError
 
 __all__ = ["run_release", "CaseResult", "summary_line"]
 logger = logging.getLogger("mriae.share")
@@ -53,7 +53,7 @@ def _studies(input_dir: Path, batch: bool) -> list[tuple[str, Path]]:
     if input_dir.is_file():
         raise InputError(
             f"{input_dir}: a file; --input takes a DICOM study folder (a NIfTI scan runs with "
-            "python -m mriae.run BUNDLE_DIR inference --input_path SCAN --output_dir OUT)"
+            "python -m mriae.tools.run BUNDLE_DIR inference --input_path SCAN --output_dir OUT)"
         )
     if not input_dir.is_dir():
         raise MissingFileError(f"{input_dir}: no such study folder")
@@ -73,7 +73,7 @@ def _check_output(out: Path) -> None:
 def _series_geometry(sel) -> tuple[list[float], str]:
     import nibabel as nib
 
-    from ..io.dicom import LPS_TO_RAS
+    from mriae.io.dicom import LPS_TO_RAS
 
     a = LPS_TO_RAS @ sel.affine_lps
     spacing = [float(v) for v in np.sqrt((a[:3, :3] ** 2).sum(0))]
@@ -121,9 +121,9 @@ def run_release(
     4 studies and 4 CPUs on)."""
     import torch
 
-    from ..audit import require_trusted
-    from . import dicom_out as dout
-    from .verify import open_release
+    from mriae.audit import require_trusted
+    from mriae.share import dicom_out as dout
+    from mriae.share.verify import open_release
 
     if identity not in ("clinic", "research"):
         raise InputError(f"identity {identity!r}: choose clinic or research")
@@ -135,13 +135,13 @@ def run_release(
         _check_output(t)
     release_sha = None
     if release.is_file():
-        from ..prepare import sha256_file
+        from mriae.files import sha256_file
 
         release_sha = sha256_file(release)
     with open_release(release) as root:
         require_trusted(root, trust=trust, require_manifest=True, flag="--trust-bundle")
         meta = json.loads((root / "configs" / "metadata.json").read_text())
-        from ..plan import read as read_plan
+        from mriae.networks.checkpoint import read as read_plan
 
         side = read_plan(root / "models" / "model.pt")
         # every study is read and checked before anything is computed
@@ -178,9 +178,9 @@ def _write_case(job: dict) -> dict:
     renamed onto ``job["target"]``. A top-level function: it runs in a worker process too."""
     import nibabel as nib
 
-    from ..atomic import atomic_write_text
-    from . import dicom_out as dout
-    from .report import intensity_summary, plan_warnings, write_report
+    from mriae.files import atomic_write_text
+    from mriae.share import dicom_out as dout
+    from mriae.share.report import intensity_summary, plan_warnings, write_report
 
     t0 = time.perf_counter()
     sel, vol, meta, case, target = job["sel"], job["vol"], job["meta"], Path(job["case"]), Path(job["target"])
@@ -238,7 +238,7 @@ def _run_cases(root, work, selected, targets, meta, side, release_sha, identity,
     import nibabel as nib
     import torch
 
-    from . import dicom_out as dout
+    from mriae.share import dicom_out as dout
 
     inputs = work / "inputs"
     inputs.mkdir()

@@ -49,7 +49,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from mriae.errors import InputError, MissingFileError
-from mriae.atomic import atomic_write
+from mriae.files import atomic_write
 from mriae.io.dicom import LPS_TO_RAS, VolumeReadError, _check_geometry, _ds, _scan, _slice_pixels
 
 __all__ = [

@@ -13,7 +13,7 @@
     manifest.sha256     every file's sha256 (mriae.audit checks it)
 
 ``eval_metrics`` come only from an evaluation of these very weights: ``eval/evaluated.json``
-(written by ``mriae.evaluation.ReconstructionMetrics``) must name the sha256 of
+(written by ``mriae.evaluate.metrics.ReconstructionMetrics``) must name the sha256 of
 ``models/model.pt``. The release is checked before it is written: the audit passes with the
 manifest required, and no file (nor any member of a zip inside it) holds a local absolute path.
 The zip appears only complete (written beside, then renamed).
@@ -33,7 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError, MissingFileError
+from mriae.errors import InputError, MissingFileError
+from mriae.files import sha256_file
 
 __all__ = ["PackResult", "pack", "bundle_network", "release_name", "local_path_needles", "EXPORTS"]
 logger = logging.getLogger("mriae.share")
@@ -79,19 +80,13 @@ def _read_json(path: Path) -> dict:
     return obj
 
 
-def _sha256(path: Path) -> str:
-    from ..prepare import sha256_file
-
-    return sha256_file(path)
-
-
 def bundle_network(root: str | Path, device: str = "cpu"):
     """The network of ``root``'s ``configs/inference.json`` with ``models/model.pt`` loaded (the
     weights' plan checked), in eval mode on ``device``."""
     import torch
     from monai.bundle import ConfigParser
 
-    from ..plan import load_checked
+    from mriae.networks.checkpoint import load_checked
 
     root = Path(root)
     parser = ConfigParser()
@@ -114,7 +109,7 @@ def _eval_metrics(root: Path, weights_sha: str, declared: Mapping) -> dict:
     ``test_<condition>_<metric>`` (and ``..._input_<metric>`` for doing nothing)."""
     ev = root / "eval"
     rec_path, summ_path = ev / "evaluated.json", ev / "summary.json"
-    how = f"run: python -m mriae.run {root} evaluating"
+    how = f"run: python -m mriae.tools.run {root} evaluating"
     if not rec_path.is_file() or not summ_path.is_file():
         raise InputError(f"{ev}: no evaluation of these weights (evaluated.json / summary.json missing); {how}")
     rec, summ = _read_json(rec_path), _read_json(summ_path)
@@ -145,7 +140,7 @@ def _eval_metrics(root: Path, weights_sha: str, declared: Mapping) -> dict:
 
 def local_path_needles(*extra: str | Path) -> list[bytes]:
     """Prefixes of this machine's absolute paths that a release must not contain."""
-    from .. import repo_root
+    from mriae import repo_root
 
     cands = {str(repo_root()), sys.prefix, sys.base_prefix, str(Path.home()), *map(str, extra)}
     cands |= {os.path.realpath(c) for c in cands}
@@ -256,7 +251,7 @@ def _forward_args(net) -> list[str]:
 def _build_wheel(dest: Path) -> Path:
     """The package as a wheel, built from this checkout's sources in a temporary copy (so the
     checkout gets no build/ folder)."""
-    from .. import repo_root
+    from mriae import repo_root
 
     src = repo_root()
     if not (src / "pyproject.toml").is_file():
@@ -277,7 +272,7 @@ def _build_wheel(dest: Path) -> Path:
 
 
 def _requirements() -> str:
-    from .. import repo_root
+    from mriae import repo_root
 
     lines = ["# the packages this release was built and measured with (pip install -r requirements.txt)"]
     for line in (repo_root() / "requirements.txt").read_text().splitlines():
@@ -327,8 +322,8 @@ Evaluation of these weights (demo test split, `eval_metrics` of `configs/metadat
 
 
 def _stage(root: Path, stage: Path, meta: dict, metrics: dict, side: dict, exports: Sequence[str]) -> dict:
-    from .. import repo_root
-    from ..atomic import atomic_write_text
+    from mriae import repo_root
+    from mriae.files import atomic_write_text
 
     name, version = meta["name"], meta["version"]
     (stage / "models").mkdir(parents=True)
@@ -350,7 +345,7 @@ def _stage(root: Path, stage: Path, meta: dict, metrics: dict, side: dict, expor
     atomic_write_text(stage / "requirements.txt", _requirements())
     wheel = _build_wheel(stage / "wheels")
     card = (root / "docs" / "README.md").read_text(encoding="utf-8") if (root / "docs" / "README.md").is_file() else f"# {name}\n"
-    readme = _release_readme(card, name, version, wheel.name, metrics, _sha256(root / "models" / "model.pt"))
+    readme = _release_readme(card, name, version, wheel.name, metrics, sha256_file(root / "models" / "model.pt"))
     atomic_write_text(stage / "docs" / "README.md", readme)
     done = {}
     for kind in exports:
@@ -366,7 +361,7 @@ def _stage(root: Path, stage: Path, meta: dict, metrics: dict, side: dict, expor
 
 
 def _write_zip(stage: Path, top: str, dest: Path) -> None:
-    from ..atomic import atomic_write
+    from mriae.files import atomic_write
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
@@ -388,8 +383,8 @@ def pack(
     trust: bool = False,
 ) -> PackResult:
     """Release ``bundle_dir`` as ``<out_dir>/<name>_<version>.zip`` (module docstring)."""
-    from ..audit import audit, require_trusted, write_manifest
-    from ..plan import read as read_plan
+    from mriae.audit import audit, require_trusted, write_manifest
+    from mriae.networks.checkpoint import read as read_plan
 
     root = Path(bundle_dir).resolve()
     require_trusted(root, trust=trust, flag="--trust-bundle")  # the export parses (runs) the configs
@@ -404,7 +399,7 @@ def pack(
         raise InputError(f"unknown export {bad[0]!r}; choose from {', '.join(EXPORTS)}")
     ckpt = root / "models" / "model.pt"
     side = read_plan(ckpt)  # refuses weights without their plan
-    weights_sha = _sha256(ckpt)
+    weights_sha = sha256_file(ckpt)
     metrics = _eval_metrics(root, weights_sha, meta.get("eval_metrics") or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -421,6 +416,6 @@ def pack(
             raise InputError(f"{dest}: not written, a local path in the release: {hits[0]}")
         shipped = json.loads((stage / "models" / "model.json").read_text())
         _write_zip(stage, name, dest)
-    res = PackResult(dest, _sha256(dest), name, str(version), metrics, done, shipped)
+    res = PackResult(dest, sha256_file(dest), name, str(version), metrics, done, shipped)
     logger.info("%s: %s %s, sha256 %s", dest, name, version, res.sha256)
     return res

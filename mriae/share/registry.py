@@ -28,7 +28,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import InputError, MissingFileError
+from mriae.errors import InputError, MissingFileError
+from mriae.files import sha256_file
 
 __all__ = ["publish", "fetch", "RESERVED_TAGS"]
 
@@ -76,7 +77,7 @@ def _tracking_uri(tracking_uri: str | None) -> str:
         return tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    from ..tracking import default_tracking_uri
+    from mriae.train.tracking import default_tracking_uri
 
     return default_tracking_uri()
 
@@ -121,12 +122,6 @@ def _quoted(value: str, what: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ the zip
-def _sha256(path: Path) -> str:
-    from ..prepare import sha256_file
-
-    return sha256_file(path)
-
-
 def _read_bundle(zip_path: str | Path) -> tuple[Path, str, dict]:
     """The zip's path, its top folder and its ``configs/metadata.json``; refuses anything else."""
     path = Path(zip_path)
@@ -284,7 +279,7 @@ def publish(
     name = model_name or bundle_name
     if alias is not None:
         _check_alias(alias)
-    sha = _sha256(path)
+    sha = sha256_file(path)
     version_tags = _version_tags(bundle_name, bundle_version, sha, path.name, metrics, tags)
     changelog = meta.get("changelog")
     notes = changelog.get(bundle_version) if isinstance(changelog, Mapping) else None
@@ -401,7 +396,7 @@ def fetch(
                 got = next(iter(sorted(got.rglob(file_name))), got / file_name)
             if not got.is_file():
                 raise InputError(f"{label}: the download holds no {file_name}")
-            digest = _sha256(got)
+            digest = sha256_file(got)
             if digest != sha:
                 raise InputError(
                     f"{label}: the downloaded {file_name} has sha256 {digest[:16]}..., the registry records "

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_text
+from mriae.files import atomic_write_text
 
 __all__ = ["plan_warnings", "intensity_summary", "write_report", "PLANES", "DISCLAIMER"]
 
@@ -103,7 +103,7 @@ def plan_warnings(
     modality: str | None = None,
 ) -> list[str]:
     """Plain-English warnings, one line each, where the scan lies outside the training ``plan``
-    (the ``plan`` dict of the weights' ``model.json``, see ``mriae.plan``). ``spacing`` is the scan's
+    (the ``plan`` dict of the weights' ``model.json``, see ``mriae.prepare.plan``). ``spacing`` is the scan's
     voxel size in mm along its array axes, ``axcodes`` their orientation (e.g. "LPS"), ``intensity``
     the scan's ``intensity_summary`` (or any dict with some of its keys), ``modality`` its DICOM
     modality (e.g. "MR"). A rule is applied only when the plan holds what it compares with:

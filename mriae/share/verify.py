@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import InputError, MissingFileError
+from mriae.errors import InputError, MissingFileError
 
 __all__ = ["Check", "unpack", "verify", "open_release"]
 _MAX_MEMBER = 2 << 30
@@ -113,7 +113,7 @@ class open_release:
 
 
 def _run(name: str, fn: Callable[[], str]) -> Check:
-    from ..errors import UserError
+    from mriae.errors import UserError
 
     try:
         return Check(name, True, fn())
@@ -162,7 +162,7 @@ def _check_inference(root: Path, input_path: str | Path | None) -> str:
 def _check_exports(root: Path, kind: str, net, meta: dict) -> str:
     import torch
 
-    from .pack import _example_input
+    from mriae.share.pack import _example_input
 
     path = root / "models" / ("model.ts" if kind == "ts" else "model.pt2")
     if not path.is_file():
@@ -194,7 +194,7 @@ def verify(path: str | Path, input_path: str | Path | None = None) -> list[Check
     """Check a release zip or an unpacked bundle folder (module docstring)."""
     from monai.bundle import verify_metadata, verify_net_in_out
 
-    from ..audit import audit
+    from mriae.audit import audit
 
     checks: list[Check] = []
     with open_release(path) as root:
@@ -224,7 +224,7 @@ def verify(path: str | Path, input_path: str | Path | None = None) -> list[Check
 
         checks.append(_run("verify_metadata", do_metadata))
         checks.append(_run("verify_net_in_out", do_net))
-        from .pack import bundle_network
+        from mriae.share.pack import bundle_network
 
         meta = json.loads((root / "configs" / "metadata.json").read_text())
         net: list = []  # the PyTorch network, built once for both exports

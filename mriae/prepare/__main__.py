@@ -1,0 +1,7 @@
+"""``python -m mriae.prepare``: see ``mriae.prepare.pipeline``."""
+
+import sys
+
+from mriae.prepare.pipeline import main
+
+sys.exit(main())

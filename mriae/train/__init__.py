@@ -1,0 +1,3 @@
+"""The train stage: ``engine`` (Ignite pieces: corrupted batches, evaluator, best checkpoint,
+history), ``losses``, ``adversarial`` (the GAN trainers), ``tracking`` (MLflow), ``resume``.
+"""
