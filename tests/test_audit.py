@@ -341,7 +341,7 @@ ALLOWED_EXPRESSIONS = [
     "$monai.transforms.Compose([])",
     "$import torch.nn as nn",
     "$from monai.transforms import Compose",
-    "$from mriae.data import SliceDataset",
+    "$from mriae.data.slices import SliceDataset",
 ]
 
 

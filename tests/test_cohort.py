@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy.ndimage import map_coordinates
 
-from mriae import cohort
+from mriae.prepare import cohort
 
 N_SUBJECTS, N_TEST = 4, 2
 

@@ -406,7 +406,7 @@ def test_write_like_input_refuses_outputs_off_the_grid(tmp_path: Path, inputs: d
 def test_prepare_and_inference_list_the_new_formats(tmp_path: Path) -> None:
     """``prepare --source nifti`` (alias ``volumes``) and inference list headers, not data files; one name
     in two formats gives two subjects."""
-    from mriae import sources
+    from mriae.prepare import sources
     from mriae.io import VOLUME_SUFFIXES
     from mriae.infer.transforms import list_inputs
 

@@ -10,7 +10,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mriae"
 # the pipeline's stages, earliest first; a module may import its own stage and earlier ones only
-STAGES = ["errors", "files", "audit", "io", "prepare", "data", "networks", "figures", "train", "evaluate",
+STAGES = ["errors", "files", "config", "audit", "io", "prepare", "data", "networks", "figures", "train", "evaluate",
           "infer", "compare", "tools", "share"]
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from mriae import repo_root
+from mriae.config import bundle_config, parse_overrides
 from mriae.compare.baselines import make_baselines
 from mriae.compare.run import (
     S4_MODELS,
     SEVERITIES,
-    _value,
     conditions,
     evaluate,
     load_network,
@@ -72,11 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _entry_info(spec, root: Path, net: torch.nn.Module, cli_over: dict) -> dict:
-    from monai.bundle import ConfigParser
-
     from mriae.networks import count_parameters
 
-    cfg = ConfigParser(ConfigParser.load_config_files(spec.config_files(root)))
+    cfg = bundle_config(root, recipe=spec.recipe)
     over = {**cli_over, **spec.overrides}
     return {
         "kind": "model",
@@ -119,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    cli_over = {k: _value(v) for k, _, v in (o.partition("=") for o in args.override)}
+    cli_over = parse_overrides(args.override, "--override")
     if args.epochs:
         cli_over["train#trainer#max_epochs"] = args.epochs
     if args.max_slices_per_subject:

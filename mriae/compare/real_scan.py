@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mriae.config import parse_overrides
 from mriae.data.corruption import Corruption
 from mriae.errors import MissingFileError
 
@@ -337,14 +338,7 @@ def _bundle_spec(spec: str) -> tuple[str, str, dict]:
     overrides (values parsed as JSON where they are)."""
     label, _, rest = spec.partition("=")
     root, *over = rest.split("+") if rest else (f"bundles/{label}",)
-    overrides: dict = {}
-    for o in over:
-        k, _, v = o.partition("=")
-        try:
-            overrides[k] = json.loads(v)
-        except ValueError:
-            overrides[k] = v
-    return label, root, overrides
+    return label, root, parse_overrides(over, f"bundle {label}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

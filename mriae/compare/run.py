@@ -33,7 +33,8 @@ import torch
 
 from mriae import repo_root
 from mriae.data.corruption import Corruption
-from mriae.errors import InputError
+from mriae.config import bundle_config, bundle_files, parse_value
+from mriae.errors import InputError, MissingFileError
 from mriae.evaluate.metrics import METRICS, slice_metrics
 from mriae.compare.stats import bootstrap_ci, paired_tests
 
@@ -68,14 +69,6 @@ SEVERITIES = {
 _OFF = {"dropout": 0.0, "noise_std": 0.0, "blankout_prob": 0.0, "blur_prob": 0.0, "renormalize": False}
 
 
-def _value(text: str):
-    """A command-line value as JSON when it parses (numbers, booleans, lists), else the string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {"True": True, "False": False, "None": None}.get(text, text)
-
-
 @dataclass
 class ModelSpec:
     bundle: str
@@ -90,15 +83,11 @@ class ModelSpec:
 
     def config_files(self, root: str | Path) -> list[str]:
         """train.json, then the recipe's file."""
-        files = [Path(root) / "configs" / "train.json"]
-        if self.recipe:
-            files.append(Path(root) / "configs" / f"{self.recipe}.json")
-        for f in files:
-            if not f.is_file():
-                raise InputError(
-                    f"{f}: not found (model spec {self.bundle}{'@' + self.recipe if self.recipe else ''})"
-                )
-        return [str(f) for f in files]
+        try:
+            return bundle_files(root, recipe=self.recipe)
+        except MissingFileError as e:
+            spec = self.bundle + (f"@{self.recipe}" if self.recipe else "")
+            raise InputError(f"{e} (model spec {spec})") from None
 
 
 def parse_spec(text: str) -> ModelSpec:
@@ -111,7 +100,7 @@ def parse_spec(text: str) -> ModelSpec:
         k, eq, v = item.partition("=")
         if not eq:
             raise ValueError(f"model spec {text!r}: expected key=value, got {item!r}")
-        over[k.strip()] = _value(v.strip())
+        over[k.strip()] = parse_value(v.strip())
     return ModelSpec(name.strip(), over, recipe.strip() or None)
 
 
@@ -324,13 +313,9 @@ def load_network(
     resized (dataset ``size``) or padded (dataset ``pad_to``) to another side is wrapped in
     :class:`AtTrainingGeometry`, and a 3D bundle trained on whole volumes (``img_size`` of three
     sides) in :class:`OnWholeVolumes`."""
-    from monai.bundle import ConfigParser
-
     from mriae.networks.checkpoint import load_weights
 
-    parser = ConfigParser(ConfigParser.load_config_files(ModelSpec("", recipe=recipe).config_files(root)))
-    for k, v in overrides.items():
-        parser[k] = v
+    parser = bundle_config(root, recipe=recipe, overrides=overrides)
     net = parser.get_parsed_content("network_def", instantiate=True)
     load_weights(net, Path(root) / "models" / "model.pt")
     net = net.to(device).eval()

@@ -52,7 +52,7 @@ class VolumeReadError(InputError):
     """
 
 
-def _fail(path: str | Path, problem: str) -> VolumeReadError:
+def read_error(path: str | Path, problem: str) -> VolumeReadError:
     """Build a one-line :class:`VolumeReadError`."""
     return VolumeReadError(f"{path}: " + " ".join(str(problem).split()))
 
@@ -142,32 +142,32 @@ def _check_geometry(root: str, items: list[tuple[Path, Dataset]]) -> tuple[list[
     first = items[0][1]
     for _, ds in items:
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise _fail(
+            raise read_error(
                 root,
                 f"multi-frame DICOM (NumberOfFrames={ds.NumberOfFrames}) without per-slice "
                 "geometry is not supported; convert it with dcm2niix",
             )
         if "MOSAIC" in [str(t).upper() for t in ds.get("ImageType", [])]:
-            raise _fail(
+            raise read_error(
                 root,
                 "Siemens mosaic images (several slices tiled in one frame) are not supported; "
                 "convert the series with dcm2niix",
             )
         if int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise _fail(root, "colour (multi-sample) DICOM images are not supported")
+            raise read_error(root, "colour (multi-sample) DICOM images are not supported")
         missing = [
             t for t in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing") if t not in ds
         ]
         if missing:
-            raise _fail(root, f"slice without {', '.join(missing)}: not a positioned image series")
+            raise read_error(root, f"slice without {', '.join(missing)}: not a positioned image series")
     iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for _, ds in items])
     if np.abs(iop - iop[0]).max() > _ORIENT_TOL:
-        raise _fail(root, "inconsistent ImageOrientationPatient between slices")
+        raise read_error(root, "inconsistent ImageOrientationPatient between slices")
     if len({(int(ds.Rows), int(ds.Columns)) for _, ds in items}) > 1:
-        raise _fail(root, "inconsistent matrix size (Rows x Columns) between slices")
+        raise read_error(root, "inconsistent matrix size (Rows x Columns) between slices")
     spacing = np.array([[float(v) for v in ds.PixelSpacing] for _, ds in items])
     if np.abs(spacing - spacing[0]).max() > _POS_TOL:
-        raise _fail(root, "inconsistent PixelSpacing between slices")
+        raise read_error(root, "inconsistent PixelSpacing between slices")
     row, col = iop[0, :3], iop[0, 3:]
     normal = np.cross(row, col)
     ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
@@ -181,7 +181,7 @@ def _check_geometry(root: str, items: list[tuple[Path, Dataset]]) -> tuple[list[
         dz = _check_spacing(root, pos, [items[i][1].get("InstanceNumber", "?") for i in order])
         drift = (ipp[-1] - ipp[0]) - (pos[-1] - pos[0]) * normal
         if np.linalg.norm(drift) > 0.01 * dz * (len(pos) - 1) + _POS_TOL:
-            raise _fail(root, "slices are not stacked along the slice normal (gantry tilt / sheared series)")
+            raise read_error(root, "slices are not stacked along the slice normal (gantry tilt / sheared series)")
     affine = np.eye(4)
     affine[:3, 0] = row * spacing[0, 1]  # array axis 0 runs along a row (column index)
     affine[:3, 1] = col * spacing[0, 0]  # array axis 1 runs down a column (row index)
@@ -196,7 +196,7 @@ def _check_spacing(root: str, pos: np.ndarray, instances: Sequence) -> float:
     dup = np.flatnonzero(gaps < _POS_TOL)
     if dup.size:
         i = int(dup[0])
-        raise _fail(
+        raise read_error(
             root,
             f"duplicated slice position {_mm(pos[i])} mm (instances {instances[i]} and "
             f"{instances[i + 1]}); {dup.size + 1} slices share a position",
@@ -205,14 +205,14 @@ def _check_spacing(root: str, pos: np.ndarray, instances: Sequence) -> float:
     big = np.flatnonzero(gaps > 1.5 * dz)
     if big.size:
         i = int(big[0])
-        raise _fail(
+        raise read_error(
             root,
             f"missing slice between positions {_mm(pos[i])} and {_mm(pos[i + 1])} mm (spacing {_mm(dz)} mm)",
         )
     dev = np.abs(gaps - dz)
     if dev.max() > max(0.01 * dz, _POS_TOL):
         i = int(np.argmax(dev))
-        raise _fail(
+        raise read_error(
             root,
             f"uneven slice spacing: {_mm(gaps[i])} mm between positions {_mm(pos[i])} and "
             f"{_mm(pos[i + 1])} mm, median spacing {_mm(dz)} mm",
@@ -224,14 +224,14 @@ def _slice_pixels(root: str, path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Rescaled pixels of one slice, transposed to (columns, rows) = (axis 0, axis 1)."""
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise _fail(root, f"{Path(path).name}: no pixel data (the PixelData element is missing)")
+        raise read_error(root, f"{Path(path).name}: no pixel data (the PixelData element is missing)")
     try:
         arr = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as e:  # missing decoder plugin, truncated or corrupt pixel data
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
-        raise _fail(root, f"cannot decode pixel data ({syntax}): {type(e).__name__}") from None
+        raise read_error(root, f"cannot decode pixel data ({syntax}): {type(e).__name__}") from None
     if arr.shape != shape:
-        raise _fail(root, f"pixel data of shape {arr.shape} where the header says {shape}")
+        raise read_error(root, f"pixel data of shape {arr.shape} where the header says {shape}")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     return (arr * slope + float(ds.get("RescaleIntercept", 0) or 0)).T
 
@@ -267,16 +267,16 @@ class DicomSeriesReader(ImageReader):
             raise VolumeReadError(f"{names}: DicomSeriesReader reads one folder at a time")
         root = str(names[0])
         if not Path(root).is_dir():
-            raise _fail(root, "not a directory; pass the folder that holds the DICOM series")
+            raise read_error(root, "not a directory; pass the folder that holds the DICOM series")
         groups = _scan(root)
         if not groups:
-            raise _fail(root, "no DICOM image files found")
+            raise read_error(root, "no DICOM image files found")
         listing = "; ".join(_describe(k, v) for k, v in groups.items())
         if self.series is None and len(groups) > 1:
-            raise _fail(root, f"{len(groups)} DICOM series found, choose one with series=: {listing}")
+            raise read_error(root, f"{len(groups)} DICOM series found, choose one with series=: {listing}")
         key = self.series if self.series is not None else next(iter(groups))
         if key not in groups:
-            raise _fail(root, f"no series {key!r}; available: {listing}")
+            raise read_error(root, f"no series {key!r}; available: {listing}")
         files, affine = _check_geometry(root, groups[key])
         desc = str(groups[key][0][1].get("SeriesDescription", "") or "")
         return DicomSeries(root=root, key=key, description=desc, files=files, affine_lps=affine)

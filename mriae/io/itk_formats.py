@@ -37,7 +37,7 @@ import numpy as np
 from monai.data import ITKReader
 from monai.utils import MetaKeys, SpaceKeys
 
-from mriae.io.dicom import _fail
+from mriae.io.dicom import read_error
 
 __all__ = ["ITK_SUFFIXES", "ItkVolumeReader", "check_header", "native_stderr"]
 
@@ -74,7 +74,7 @@ def _data_size(path: Path, data: Path, expected: int, available: int) -> None:
     """Refuse raw data shorter than the header describes."""
     if available < expected:
         where = "after the header" if data == path else f"in data file {data.name!r}"
-        raise _fail(
+        raise read_error(
             path, f"truncated: {available} bytes {where}, the header describes {expected} (incomplete copy?)"
         )
 
@@ -88,7 +88,7 @@ def _data_file(path: Path, name: str) -> Path | None:
         return data
     if " " in name:  # "<pattern> <min> <max> <step>": a numbered series of files
         return None
-    raise _fail(path, f"the data file {name!r} that the header names is missing (looked in {data.parent})")
+    raise read_error(path, f"the data file {name!r} that the header names is missing (looked in {data.parent})")
 
 
 def _check_metaimage(path: Path, head: bytes) -> None:
@@ -106,12 +106,12 @@ def _check_metaimage(path: Path, head: bytes) -> None:
             end = offset
             break
     if end is None:
-        raise _fail(
+        raise read_error(
             path, "MetaImage header has no ElementDataFile line (truncated or not a MetaImage header)"
         )
     for key in ("NDims", "DimSize", "ElementType"):
         if key not in fields:
-            raise _fail(path, f"MetaImage header has no {key} line")
+            raise read_error(path, f"MetaImage header has no {key} line")
     name = fields["ElementDataFile"]
     data = path if name.upper() == "LOCAL" else _data_file(path, name)
     size = _MET_SIZES.get(fields["ElementType"])
@@ -127,7 +127,7 @@ def _check_metaimage(path: Path, head: bytes) -> None:
 def _check_nrrd(path: Path, head: bytes) -> None:
     """NRRD ``.nrrd`` (attached data after a blank line) or ``.nhdr`` (detached ``data file``)."""
     if not head.startswith(b"NRRD000"):
-        raise _fail(path, "not a NRRD file (it does not start with the NRRD000x magic line)")
+        raise read_error(path, "not a NRRD file (it does not start with the NRRD000x magic line)")
     fields: dict[str, str] = {}
     end = None
     offset = 0
@@ -145,10 +145,10 @@ def _check_nrrd(path: Path, head: bytes) -> None:
             fields[key.strip().lower()] = value.strip()
     for key in ("type", "dimension", "sizes", "encoding"):
         if key not in fields:
-            raise _fail(path, f"NRRD header has no {key!r} field (truncated header?)")
+            raise read_error(path, f"NRRD header has no {key!r} field (truncated header?)")
     name = fields.get("data file", fields.get("datafile"))
     if name is None and end is None:
-        raise _fail(path, "NRRD header ends without the blank line before the data (truncated header?)")
+        raise read_error(path, "NRRD header ends without the blank line before the data (truncated header?)")
     data = path if name is None else _data_file(path, name)
     size = _NRRD_SIZES.get(fields["type"].lower())
     if (
@@ -259,7 +259,7 @@ class ItkVolumeReader(ITKReader):
             ) as e:  # RuntimeError for IO failures; KeyError / TypeError for unwrapped pixel types
                 error = e
         if error is not None:
-            raise _fail(path, f"cannot read as {fmt}: {_itk_reason(error, native)}") from None
+            raise read_error(path, f"cannot read as {fmt}: {_itk_reason(error, native)}") from None
         if native:
             logger.debug("%s: ITK printed %s", path, " | ".join(native))
         return img

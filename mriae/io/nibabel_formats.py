@@ -27,7 +27,7 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
-from mriae.io.dicom import VolumeReadError, _fail
+from mriae.io.dicom import VolumeReadError, read_error
 
 __all__ = ["NibabelVolumeReader", "find_rec", "minc_version"]
 
@@ -54,7 +54,7 @@ def find_rec(par: str | Path) -> Path:
     for name in sorted(q.name for q in p.parent.iterdir()):
         if name.lower() == p.stem.lower() + ".rec" and (p.parent / name).is_file():
             return p.parent / name
-    raise _fail(p, f"no REC data file beside the PAR header (looked for {p.stem}.REC in any case)")
+    raise read_error(p, f"no REC data file beside the PAR header (looked for {p.stem}.REC in any case)")
 
 
 def _load(path: Path, fmt: str):
@@ -63,7 +63,7 @@ def _load(path: Path, fmt: str):
         if fmt == "parrec":
             with open(path, "rb") as f:
                 if b"DATA DESCRIPTION FILE" not in f.read(4096):
-                    raise _fail(path, "not a Philips PAR header (no '# === DATA DESCRIPTION FILE' line)")
+                    raise read_error(path, "not a Philips PAR header (no '# === DATA DESCRIPTION FILE' line)")
             rec = find_rec(path)
             file_map = nib.parrec.PARRECImage.filespec_to_file_map(str(path))
             file_map["image"].filename = str(rec)
@@ -73,7 +73,7 @@ def _load(path: Path, fmt: str):
         raise
     except Exception as e:  # nibabel raises PARRECError, KeyError, ValueError, OSError, ...
         name = "PAR/REC" if fmt == "parrec" else "MINC1"
-        raise _fail(path, f"cannot read as {name} ({type(e).__name__}: {e})") from None
+        raise read_error(path, f"cannot read as {name} ({type(e).__name__}: {e})") from None
 
 
 class NibabelVolumeReader(ImageReader):
@@ -104,7 +104,7 @@ class NibabelVolumeReader(ImageReader):
                 if fmt == "parrec"
                 else ("frames", "extract one first (minc-toolkit's mincreshape)")
             )
-            raise _fail(
+            raise read_error(
                 path,
                 f"holds {int(np.prod(extra))} volumes ({what}; array shape {img.shape}); a single 3-D "
                 f"volume is needed: {how}",
@@ -118,7 +118,7 @@ class NibabelVolumeReader(ImageReader):
         try:
             data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(spatial)
         except Exception as e:  # truncated REC / netCDF data
-            raise _fail(path, f"cannot read the voxel data ({type(e).__name__}: {e})") from None
+            raise read_error(path, f"cannot read the voxel data ({type(e).__name__}: {e})") from None
         affine = np.asarray(image.affine, dtype=np.float64)
         meta = {
             MetaKeys.AFFINE: affine.copy(),

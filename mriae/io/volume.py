@@ -29,7 +29,7 @@ import numpy as np
 from monai.data import MetaTensor, NibabelReader
 from monai.transforms import LoadImage
 
-from mriae.io.dicom import DicomSeriesReader, _fail
+from mriae.io.dicom import DicomSeriesReader, read_error
 from mriae.io.itk_formats import ItkVolumeReader
 from mriae.io.nibabel_formats import NibabelVolumeReader, minc_version
 
@@ -82,7 +82,7 @@ def _refuse_complex(path: Path) -> None:
     except Exception:  # noqa: BLE001 - an unreadable header is reported by the reader itself
         return
     if kind == "c":
-        raise _fail(path, "complex voxels (real and imaginary parts): give the magnitude image")
+        raise read_error(path, "complex voxels (real and imaginary parts): give the magnitude image")
 
 
 def _load_nibabel(path: Path, fmt: str) -> MetaTensor:
@@ -92,7 +92,7 @@ def _load_nibabel(path: Path, fmt: str) -> MetaTensor:
     try:
         img = _loader(reader)(str(path), reader=reader)
     except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, zlib/gzip errors, ...)
-        raise _fail(path, f"cannot read as {fmt} ({type(e).__name__}: {e})") from e
+        raise read_error(path, f"cannot read as {fmt} ({type(e).__name__}: {e})") from e
     img.meta["source_format"] = fmt
     return img
 
@@ -108,7 +108,7 @@ def _load_minc(path: Path) -> MetaTensor:
     """MINC2 (HDF5) through ITK, MINC1 (netCDF) through nibabel, told apart by the first bytes."""
     version = minc_version(path)
     if version is None:
-        raise _fail(path, "not a MINC file (neither a netCDF MINC1 nor an HDF5 MINC2 file)")
+        raise read_error(path, "not a MINC file (neither a netCDF MINC1 nor an HDF5 MINC2 file)")
     img = _load_with(path, ItkVolumeReader() if version == 2 else NibabelVolumeReader(), "minc")
     img.meta["minc_version"] = version
     return img
@@ -145,17 +145,17 @@ def load_volume(path: str | Path, series: str | None = None, min_slices: int = 2
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise _fail(p, "no such file or directory")
+        raise read_error(p, "no such file or directory")
     fmt = volume_format(p)
     if fmt is None:
         data_of = next((h for suf, h in _DATA_FILES.items() if p.name.lower().endswith(suf)), None)
         if data_of is not None:
-            raise _fail(p, f"this is a data file; pass {data_of} instead")
-        raise _fail(
+            raise read_error(p, f"this is a data file; pass {data_of} instead")
+        raise read_error(
             p, f"unsupported file type {''.join(p.suffixes) or '(no suffix)'!r}; expected {_EXPECTED}"
         )
     if fmt != "dicom" and series is not None:
-        raise _fail(p, "series= only applies to DICOM folders")
+        raise read_error(p, "series= only applies to DICOM folders")
     if fmt == "dicom":
         img = _load_dicom(p, series)
     elif fmt in ("nifti", "mgz"):
@@ -167,10 +167,10 @@ def load_volume(path: str | Path, series: str | None = None, min_slices: int = 2
     else:
         img = _load_with(p, ItkVolumeReader(), fmt)
     if img.ndim != 4 or img.shape[0] != 1:
-        raise _fail(p, f"expected a single 3-D volume, got array shape {tuple(img.shape)} (channel first)")
+        raise read_error(p, f"expected a single 3-D volume, got array shape {tuple(img.shape)} (channel first)")
     if min(img.shape[1:]) < min_slices:
-        raise _fail(p, f"a single slice (shape {tuple(img.shape[1:])}): need a 3-D volume of at least 2 slices")
+        raise read_error(p, f"a single slice (shape {tuple(img.shape[1:])}): need a 3-D volume of at least 2 slices")
     aff = np.asarray(img.affine, dtype=float)
     if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-9:
-        raise _fail(p, "singular or non-finite voxel-to-world affine: the volume cannot be placed in space")
+        raise read_error(p, "singular or non-finite voxel-to-world affine: the volume cannot be placed in space")
     return img

@@ -58,7 +58,7 @@ class VolumeWriteError(InputError):
     """An output could not be written like its input; the message is one line ``"<path>: <problem>"``."""
 
 
-def _fail(path: str | Path, problem: str) -> VolumeWriteError:
+def write_error(path: str | Path, problem: str) -> VolumeWriteError:
     return VolumeWriteError(f"{path}: " + " ".join(str(problem).split()))
 
 
@@ -90,10 +90,10 @@ def _array(image, source: Path, shape: tuple[int, ...]) -> np.ndarray:
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if arr.ndim == 4:
         if arr.shape[0] != 1:
-            raise _fail(source, f"the output has {arr.shape[0]} channels; one volume per file is written")
+            raise write_error(source, f"the output has {arr.shape[0]} channels; one volume per file is written")
         arr = arr[0]
     if tuple(arr.shape) != shape:
-        raise _fail(
+        raise write_error(
             source,
             f"the output's shape {tuple(arr.shape)} is not the input's {shape}: invert the preprocessing "
             "(Invertd) before saving",
@@ -151,7 +151,7 @@ def write_like_input(
     meta = dict(image.meta) if meta is None and isinstance(image, MetaTensor) else dict(meta or {})
     missing = [k for k in ("filename_or_obj", "original_affine", "spatial_shape") if k not in meta]
     if missing:
-        raise _fail(
+        raise write_error(
             output_dir, f"no {', '.join(missing)} in the metadata: load the input with mriae.io.load_volume"
         )
     source = Path(str(meta["filename_or_obj"]))
@@ -161,14 +161,14 @@ def write_like_input(
     if isinstance(image, MetaTensor):
         off = float(np.abs(np.asarray(image.affine, dtype=np.float64) - affine).max())
         if off > _GRID_TOL:
-            raise _fail(
+            raise write_error(
                 source,
                 f"the output's affine differs from the input's by {off:.3g}: invert the preprocessing "
                 "(Invertd) before saving",
             )
     path = output_path(meta, output_dir, output_postfix)
     if path.exists() and source.exists() and path.resolve() == source.resolve():
-        raise _fail(source, "the output would overwrite the input: give an output_postfix or another folder")
+        raise write_error(source, "the output would overwrite the input: give an output_postfix or another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = str(meta.get("source_format", ""))
     kept = _input_suffix(source.name, fmt) is not None
@@ -178,7 +178,7 @@ def write_like_input(
         else:
             _write_nibabel(arr, affine, path, template=source if kept else None)
     except OSError as e:
-        raise _fail(path, f"cannot write ({type(e).__name__}: {e.strerror or e})") from None
+        raise write_error(path, f"cannot write ({type(e).__name__}: {e.strerror or e})") from None
     return path
 
 

@@ -101,7 +101,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _fail(where: str | Path, problem: str) -> InputError:
+def read_error(where: str | Path, problem: str) -> InputError:
     """One-line :class:`InputError` ``"<where>: <problem>"``."""
     return InputError(_one_line(f"{where}: {problem}"))
 
@@ -204,10 +204,10 @@ def select_series(study_dir: str | Path, series_uid: str | None = None, min_slic
     if not root.exists():
         raise MissingFileError(f"{root}: study folder does not exist")
     if not root.is_dir():
-        raise _fail(root, "not a folder; pass the folder that holds the DICOM study")
+        raise read_error(root, "not a folder; pass the folder that holds the DICOM study")
     groups = _scan(root)
     if not groups:
-        raise _fail(root, "no DICOM image files found")
+        raise read_error(root, "no DICOM image files found")
     candidates: list[SelectedSeries] = []
     rejected: list[tuple[str, str, str]] = []  # (uid, label, reason)
     for items in groups.values():
@@ -234,14 +234,14 @@ def select_series(study_dir: str | Path, series_uid: str | None = None, min_slic
                 return c
         for r_uid, label, reason in rejected:
             if r_uid == uid:
-                raise _fail(root, f"series {uid} ({label.split(' ', 1)[1]}) is not usable: {reason}")
+                raise read_error(root, f"series {uid} ({label.split(' ', 1)[1]}) is not usable: {reason}")
         listing = "; ".join(_listing(c.headers[0], len(c.files)) for c in candidates) or "none"
-        raise _fail(root, f"no series with SeriesInstanceUID {uid}; usable series: {listing}")
+        raise read_error(root, f"no series with SeriesInstanceUID {uid}; usable series: {listing}")
     if not candidates:
-        raise _fail(root, f"no usable MR acquisition series ({len(rejected)} series rejected: {reasons})")
+        raise read_error(root, f"no usable MR acquisition series ({len(rejected)} series rejected: {reasons})")
     if len(candidates) > 1:
         listing = "; ".join(_listing(c.headers[0], len(c.files)) for c in candidates)
-        raise _fail(
+        raise read_error(
             root,
             f"{len(candidates)} usable MR acquisition series, choose one with --series UID: {listing}",
         )
@@ -281,7 +281,7 @@ def series_nifti(sel: SelectedSeries, volume: np.ndarray):
 
     vol = np.asarray(volume)
     if vol.shape != sel.shape:
-        raise _fail("volume", f"shape {vol.shape} does not match the series grid {sel.shape}")
+        raise read_error("volume", f"shape {vol.shape} does not match the series grid {sel.shape}")
     img = nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)), ras_affine_xyz(sel))
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
@@ -305,10 +305,10 @@ def volume_on_series_grid(
     if arr.ndim == 4 and 1 in (arr.shape[0], arr.shape[-1]):
         arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
     if arr.ndim != 3:
-        raise _fail(name, f"expected a 3-D volume, got shape {tuple(np.shape(data))}")
+        raise read_error(name, f"expected a 3-D volume, got shape {tuple(np.shape(data))}")
     a = np.asarray(affine_ras, dtype=np.float64)
     if a.shape != (4, 4) or abs(np.linalg.det(a[:3, :3])) < 1e-12:
-        raise _fail(name, "affine is not an invertible 4x4 matrix")
+        raise read_error(name, "affine is not an invertible 4x4 matrix")
     target = LPS_TO_RAS @ sel.affine_lps  # series index -> RAS
     m = np.linalg.inv(a) @ target  # series index -> data index
     perm = np.round(m[:3, :3])
@@ -317,21 +317,21 @@ def volume_on_series_grid(
         and np.all(np.abs(perm).sum(axis=1) == 1)
         and np.abs(perm).max() == 1
     ):
-        raise _fail(name, "its voxel axes are not aligned with the series' (different orientation or spacing)")
+        raise read_error(name, "its voxel axes are not aligned with the series' (different orientation or spacing)")
     shape = np.array(sel.shape)
     data_axis = [int(np.flatnonzero(perm[:, j])[0]) for j in range(3)]
     if tuple(arr.shape[k] for k in data_axis) != tuple(shape):
-        raise _fail(name, f"shape {arr.shape} does not cover the series grid {tuple(shape)}")
+        raise read_error(name, f"shape {arr.shape} does not cover the series grid {tuple(shape)}")
     offset = np.round(m[:3, 3])
     corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
     mapped = corners[:, :3] @ perm.T + offset
     if np.any(mapped < -0.5) or np.any(mapped > np.array(arr.shape) - 0.5):
-        raise _fail(name, "its grid is shifted by whole voxels relative to the series (no resampling is done)")
+        raise read_error(name, "its grid is shifted by whole voxels relative to the series (no resampling is done)")
     world_series = (target @ corners.T).T[:, :3]
     world_data = (a @ np.c_[mapped, np.ones(len(mapped))].T).T[:, :3]
     err = float(np.linalg.norm(world_series - world_data, axis=1).max())
     if err > GRID_TOL_MM:
-        raise _fail(name, f"its grid differs from the series grid by up to {err:.4g} mm (tolerance {GRID_TOL_MM} mm; no resampling is done)")
+        raise read_error(name, f"its grid differs from the series grid by up to {err:.4g} mm (tolerance {GRID_TOL_MM} mm; no resampling is done)")
     out = arr.transpose(data_axis)
     flips = [j for j in range(3) if perm[data_axis[j], j] < 0]
     return np.ascontiguousarray(np.flip(out, axis=flips) if flips else out)
@@ -382,9 +382,9 @@ def _check_identity(identity: str, anonymizer: Deidentifier | None) -> None:
 def _check_grid_array(sel: SelectedSeries, volume: np.ndarray, what: str) -> np.ndarray:
     vol = np.asarray(volume, dtype=np.float64)
     if vol.shape != sel.shape:
-        raise _fail(what, f"shape {vol.shape} does not match the series grid (slices, rows, cols) {sel.shape}")
+        raise read_error(what, f"shape {vol.shape} does not match the series grid (slices, rows, cols) {sel.shape}")
     if not np.all(np.isfinite(vol)):
-        raise _fail(what, f"{int(np.size(vol) - np.isfinite(vol).sum())} non-finite value(s) (NaN/inf)")
+        raise read_error(what, f"{int(np.size(vol) - np.isfinite(vol).sum())} non-finite value(s) (NaN/inf)")
     return vol
 
 
@@ -467,13 +467,13 @@ def _equipment_items(src: Dataset, bundle_name: str, bundle_version: str, what: 
 def _fresh_dir(path: Path) -> None:
     """Make ``path`` an empty folder, removing the IM_*.dcm files a previous run left there."""
     if path.exists() and not path.is_dir():
-        raise _fail(path, "exists and is not a folder")
+        raise read_error(path, "exists and is not a folder")
     path.mkdir(parents=True, exist_ok=True)
     for f in path.glob("IM_*.dcm"):
         f.unlink()
     leftovers = [p for p in path.iterdir() if not p.name.startswith(".")]
     if leftovers:
-        raise _fail(path, f"holds {len(leftovers)} other file(s); the derived series needs a folder of its own")
+        raise read_error(path, f"holds {len(leftovers)} other file(s); the derived series needs a folder of its own")
 
 
 def _series_number(src: Dataset, add: int) -> int:

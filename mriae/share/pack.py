@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mriae.errors import InputError, MissingFileError
-from mriae.files import sha256_file
+from mriae.files import atomic_write, sha256_file
 
 __all__ = ["PackResult", "pack", "bundle_network", "release_name", "local_path_needles", "EXPORTS"]
 logger = logging.getLogger("mriae.share")
@@ -187,15 +187,16 @@ def _find_local_paths(root: Path, needles: Sequence[bytes]) -> list[str]:
 def _strip_debug(ts_path: Path) -> None:
     """TorchScript's ``*.debug_pkl`` members name the source files of this machine; the archive
     loads without them."""
-    tmp = ts_path.with_suffix(".tmp")
-    with zipfile.ZipFile(ts_path) as src, zipfile.ZipFile(tmp, "w") as out:
-        for info in src.infolist():
-            if not info.filename.endswith(".debug_pkl"):
-                out.writestr(info, src.read(info))
-    os.replace(tmp, ts_path)
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(ts_path) as src, zipfile.ZipFile(tmp, "w") as out:
+            for info in src.infolist():
+                if not info.filename.endswith(".debug_pkl"):
+                    out.writestr(info, src.read(info))
+
+    atomic_write(ts_path, write)
 
 
-def _example_input(meta: Mapping):
+def example_input(meta: Mapping):
     import torch
 
     spec = meta["network_data_format"]["inputs"]["image"]
@@ -223,7 +224,7 @@ def _export_pt2(stage: Path, meta: Mapping) -> None:
     from torch.export import Dim, export
 
     net = bundle_network(stage)
-    x = _example_input(meta)
+    x = example_input(meta)
     dyn = {0: Dim("batch", min=1, max=4096)}
     for i, s in enumerate(x.shape[2:]):
         dyn[2 + i] = 8 * Dim(f"size{i}_8", min=1, max=max(64, s))
@@ -361,7 +362,6 @@ def _stage(root: Path, stage: Path, meta: dict, metrics: dict, side: dict, expor
 
 
 def _write_zip(stage: Path, top: str, dest: Path) -> None:
-    from mriae.files import atomic_write
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:

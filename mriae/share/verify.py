@@ -162,12 +162,12 @@ def _check_inference(root: Path, input_path: str | Path | None) -> str:
 def _check_exports(root: Path, kind: str, net, meta: dict) -> str:
     import torch
 
-    from mriae.share.pack import _example_input
+    from mriae.share.pack import example_input
 
     path = root / "models" / ("model.ts" if kind == "ts" else "model.pt2")
     if not path.is_file():
         raise MissingFileError(f"{path}: not in the release")
-    x = _example_input(meta)
+    x = example_input(meta)
     shape = [x.shape[0] + 1, x.shape[1], *[s + 8 for s in x.shape[2:]]]  # another batch and size
     x2 = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     loaded = torch.jit.load(str(path), map_location="cpu") if kind == "ts" else torch.export.load(str(path)).module()

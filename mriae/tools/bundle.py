@@ -1,46 +1,28 @@
 """Load a trained bundle's network and data outside ``monai.bundle run`` (for the visualisation,
-sampling and interpolation commands): one place that parses train.json with user overrides."""
+sampling and interpolation commands), its train.json read by ``mriae.config.bundle_config``."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from mriae.errors import MissingFileError
+from mriae.config import bundle_config
 
-__all__ = ["BundleHandle", "parse_sets", "log_artifacts"]
+__all__ = ["BundleHandle", "log_artifacts"]
 logger = logging.getLogger("mriae.tools.bundle")
-
-
-def parse_sets(items: Sequence[str]) -> dict:
-    """``["id=json", ...]`` -> overrides (values that are not JSON stay strings)."""
-    out = {}
-    for item in items:
-        key, _, val = item.partition("=")
-        try:
-            out[key] = json.loads(val)
-        except json.JSONDecodeError:
-            out[key] = val
-    return out
 
 
 class BundleHandle:
     """A bundle's parsed train.json (``bundle_root`` set, MLflow off) with lazy network / datasets."""
 
     def __init__(self, bundle: str | Path, overrides: Mapping | None = None, ckpt: str | None = None) -> None:
-        from monai.bundle import ConfigParser
-
         self.root = Path(bundle).resolve()
-        train = self.root / "configs" / "train.json"
-        if not train.is_file():
-            raise MissingFileError(f"{train}: not a bundle (no configs/train.json)")
-        self.parser = ConfigParser()
-        self.parser.read_config(str(train))
-        self.parser.update({"bundle_root": str(self.root), "use_mlflow": False, **dict(overrides or {})})
+        self.parser = bundle_config(
+            self.root, overrides={"bundle_root": str(self.root), "use_mlflow": False, **dict(overrides or {})}
+        )
         self.name = self.parser.get("bundle_name", self.root.name)
         self.ckpt = Path(ckpt) if ckpt else self.root / "models" / "model.pt"
         self._net = None

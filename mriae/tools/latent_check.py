@@ -106,9 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="ID=JSON", help="config override")
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
-    from mriae.tools.bundle import BundleHandle, parse_sets
+    from mriae.config import parse_overrides
+    from mriae.tools.bundle import BundleHandle
 
-    over = parse_sets(args.set)
+    over = parse_overrides(args.set, "--set")
     if args.dataset_dir:
         over["dataset_dir"] = args.dataset_dir
     try:

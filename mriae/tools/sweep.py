@@ -38,6 +38,7 @@ import optuna
 from ignite.engine import Events
 
 from mriae import repo_root
+from mriae.config import bundle_files, parse_overrides
 from mriae.errors import InputError, MissingFileError
 
 __all__ = ["load_space", "find_space", "suggest", "run_trial", "run_sweep", "main"]
@@ -224,14 +225,11 @@ def run_sweep(
     """Run (or resume) a study; writes ``best_overrides.json`` and ``trials.json`` into ``out_dir``.
     ``enqueue``: parameter sets (space names -> values) tried first, e.g. the bundle's defaults; only
     for a new study."""
+    root = Path(bundle_root).resolve()
     from monai.bundle import ConfigParser
 
-    root = Path(bundle_root).resolve()
-    train_json = root / "configs" / "train.json"
-    if not train_json.is_file():
-        raise MissingFileError(f"{train_json}: not a bundle (no configs/train.json)")
-    files = [train_json, *[Path(f) for f in extra_config_files]]
-    cfg = ConfigParser.load_config_files([str(f) for f in files])
+    files = bundle_files(root, *extra_config_files)
+    cfg = ConfigParser.load_config_files(files)
     name = cfg.get("bundle_name", root.name)
     out = Path(out_dir or root / "sweep").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -352,13 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tracking_uri")
     ap.add_argument("--no-mlflow", action="store_true")
     a = ap.parse_args(argv)
-    fixed = {}
-    for item in a.set:
-        key, _, val = item.partition("=")
-        try:
-            fixed[key] = json.loads(val)
-        except json.JSONDecodeError:
-            fixed[key] = val
+    fixed = parse_overrides(a.set, "--set")
     res = run_sweep(
         a.bundle,
         a.trials,

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mriae.tools.bundle import BundleHandle, log_artifacts, parse_sets
+from mriae.config import parse_overrides
+from mriae.tools.bundle import BundleHandle, log_artifacts
 from mriae.errors import InputError
 
 __all__ = ["sample", "interpolate", "grid_figure", "main"]
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--steps", type=int, default=8)
             p.add_argument("--dataset_dir", help="prepared data folder (default: the bundle's)")
     a = ap.parse_args(argv)
-    over = parse_sets(a.set)
+    over = parse_overrides(a.set, "--set")
     if getattr(a, "dataset_dir", None):
         over["dataset_dir"] = a.dataset_dir
     h = BundleHandle(a.bundle, over, a.ckpt)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mriae.tools.bundle import BundleHandle, log_artifacts, parse_sets
+from mriae.config import parse_overrides
+from mriae.tools.bundle import BundleHandle, log_artifacts
 
 __all__ = ["feature_maps", "feature_figure", "main"]
 
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tracking_uri")
     ap.add_argument("--no-mlflow", action="store_true")
     a = ap.parse_args(argv)
-    over = parse_sets(a.set)
+    over = parse_overrides(a.set, "--set")
     if a.dataset_dir:
         over["dataset_dir"] = a.dataset_dir
     h = BundleHandle(a.bundle, over, a.ckpt)
