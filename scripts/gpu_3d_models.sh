@@ -74,7 +74,8 @@ done
 import json, sys
 import torch
 import mriae.prepare.pipeline
-from mriae.compare.run import OnWholeVolumes, conditions, evaluate, summarize
+from mriae.compare.run import OnWholeVolumes, evaluate, summarize
+from mriae.data.corruption import conditions
 from mriae.data.slices import SliceDataset
 from mriae.data.volumes import VolumeDataset
 

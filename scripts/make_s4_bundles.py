@@ -1,6 +1,6 @@
 """Make the S4 family bundles from ``bundles/res_unet``: copy its configs, change only
 ``bundle_name``, ``network_def`` (and the hyperparameters that name network keys), the metadata
-and the model card's overview. Re-run after changing res_unet's configs; ``tests/test_s4_family.py``
+and the model card's overview. Re-run after changing res_unet's configs; ``tests/test_res_unet_family.py``
 checks that the copies are in sync.
 
     python scripts/make_s4_bundles.py            # (re)writes bundles/{shallow_res_ae,skip_cae,myronenko_ae}

@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from mriae.compare.run import conditions, corrupt_all
+from mriae.compare.run import corrupt_all
+from mriae.data.corruption import conditions
 
 MODELS = ["res_unet@s4", "shallow_res_ae@s4:block=original", "skip_cae@s4", "myronenko_ae@s4", "res_unet"]
 LABELS = ["res_unet-s4", "shallow_res_ae-s4-block_original", "skip_cae-s4", "myronenko_ae-s4", "res_unet"]
@@ -143,12 +144,12 @@ def test_compare_reuses_trained_checkpoints(compared, tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5)  # same weights, same corrupted slices, same numbers
 
 
-def test_s1_s3_bundles_join_the_compare_on_the_test_grid(small_prepared, tmp_path):
+def test_autoencoder_bundles_bundles_join_the_compare_on_the_test_grid(small_prepared, tmp_path):
     """cae_2d (trained on slices resized to 64) and conv_ae (slices padded to 176) are scored on the
     compare's own test slices: their input is brought to the training geometry and the output back."""
     from monai.bundle import ConfigParser
 
-    from mriae.compare.run import AtTrainingGeometry, conditions, evaluate, load_network
+    from mriae.compare.run import AtTrainingGeometry, evaluate, load_network
     from mriae.data.slices import SliceDataset
 
     ds = SliceDataset(small_prepared, "test", max_slices_per_subject=2)

@@ -100,6 +100,7 @@ def test_loader_corruption_and_prefetch_change_timing_not_batches(small_prepared
     assert not any(t.name == "DeviceBatchLoader-prefetch" for t in threading.enumerate())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
 def test_cuda_graph_loader_yields_the_eager_batches(small_prepared):
     """The loader's gather + corruption captured in a CUDA graph gives the eager loader's batches:

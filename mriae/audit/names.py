@@ -67,12 +67,16 @@ DENIED: dict[str, str] = {
     "monai.utils.misc.run_cmd": "runs commands",
     "monai.data.torchscript_utils": "loads TorchScript",
     f"{PACKAGE}.audit": "the audit itself",
-    f"{PACKAGE}.bundle_tools.BundleHandle": "parses another bundle's config",
-    f"{PACKAGE}.compare.train_model": "runs another bundle in a subprocess",
-    f"{PACKAGE}.compare.load_network": "parses another bundle's config",
-    f"{PACKAGE}.compare_cli": "runs other bundles",
-    f"{PACKAGE}.sweep.run_trial": "runs a bundle",
-    f"{PACKAGE}.sweep.run_sweep": "runs a bundle",
+    f"{PACKAGE}.config.bundle_config": "parses another bundle's config",
+    f"{PACKAGE}.tools.bundle.BundleHandle": "parses another bundle's config",
+    f"{PACKAGE}.compare.run.train_model": "runs another bundle in a subprocess",
+    f"{PACKAGE}.compare.run.load_network": "parses another bundle's config",
+    f"{PACKAGE}.compare.cli": "runs other bundles",
+    f"{PACKAGE}.compare.real_scan": "runs other bundles",
+    f"{PACKAGE}.tools.sweep.run_trial": "runs a bundle",
+    f"{PACKAGE}.tools.sweep.run_sweep": "runs a bundle",
+    f"{PACKAGE}.tools.run": "runs a bundle",
+    f"{PACKAGE}.share": "packs, fetches and runs releases",
 }
 
 # Package names the bundles' configs use that their module's ``__all__`` does not list yet. Each is

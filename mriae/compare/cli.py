@@ -17,11 +17,10 @@ import torch
 
 from mriae import repo_root
 from mriae.config import bundle_config, parse_overrides
+from mriae.data.corruption import SEVERITIES, conditions
 from mriae.compare.baselines import make_baselines
 from mriae.compare.run import (
     S4_MODELS,
-    SEVERITIES,
-    conditions,
     evaluate,
     load_network,
     pairwise,

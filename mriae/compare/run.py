@@ -41,7 +41,6 @@ from mriae.compare.stats import bootstrap_ci, paired_tests
 __all__ = [
     "ModelSpec",
     "parse_spec",
-    "conditions",
     "corrupt_all",
     "train_model",
     "load_network",
@@ -57,18 +56,6 @@ S4_MODELS = [
     "skip_cae@s4",
     "myronenko_ae@s4",
 ]
-SEVERITIES = {
-    "noise": (0.01, 0.03, 0.05),
-    "rician": (0.01, 0.03, 0.05),
-    "dropout": (0.01, 0.03, 0.05),
-    "blankout": (10, 25, 40),
-    "blur": (0.6, 1.0, 1.5),
-}
-# one corruption alone, without S4's min-max renormalisation (as bundles/*/configs/evaluate.json): with
-# it, additive noise would also rescale the whole slice and the score would measure that shift
-_OFF = {"dropout": 0.0, "noise_std": 0.0, "blankout_prob": 0.0, "blur_prob": 0.0, "renormalize": False}
-
-
 @dataclass
 class ModelSpec:
     bundle: str
@@ -102,31 +89,6 @@ def parse_spec(text: str) -> ModelSpec:
             raise ValueError(f"model spec {text!r}: expected key=value, got {item!r}")
         over[k.strip()] = parse_value(v.strip())
     return ModelSpec(name.strip(), over, recipe.strip() or None)
-
-
-def conditions(kinds=tuple(SEVERITIES), levels=(0, 1, 2), combined: bool = True) -> dict:
-    """``{name: Corruption or None}``: clean, each kind alone at the chosen severities, and S4's
-    training corruption (``combined``)."""
-    out: dict[str, Corruption | None] = {"clean": None}
-    for kind in kinds:
-        for lv in levels:
-            v = SEVERITIES[kind][lv]
-            if kind == "noise":
-                c = Corruption(**{**_OFF, "noise_std": v})
-            elif kind == "rician":
-                c = Corruption(**{**_OFF, "rician_std": v})
-            elif kind == "dropout":
-                c = Corruption(**{**_OFF, "dropout": v})
-            elif kind == "blankout":
-                c = Corruption(
-                    **{**_OFF, "blankout_prob": 1.0}, blankout_size=(v, v + 1), blankout_where="foreground"
-                )
-            else:
-                c = Corruption(**{**_OFF, "blur_prob": 1.0}, blur_sigma=v, blur_kernel_size=None)
-            out[f"{kind}-{v}"] = c
-    if combined:
-        out["combined"] = Corruption()
-    return out
 
 
 def corrupt_all(

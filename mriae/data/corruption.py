@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Corruption", "Augmentation", "gaussian_kernel1d"]
+__all__ = ["Corruption", "Augmentation", "gaussian_kernel1d", "SEVERITIES", "conditions", "EVALUATED", "eval_conditions"]
 
 
 def _range(value: float | Sequence[float]) -> tuple[float, float]:
@@ -325,3 +325,60 @@ class Augmentation:
             amount = Corruption._uniform(self.texture_range, b, g, x).view(view)
             x = (x * (1 + amount * field)).clamp_min(0)
         return x.contiguous()
+
+
+SEVERITIES = {
+    "noise": (0.01, 0.03, 0.05),
+    "rician": (0.01, 0.03, 0.05),
+    "dropout": (0.01, 0.03, 0.05),
+    "blankout": (10, 25, 40),
+    "blur": (0.6, 1.0, 1.5),
+}
+# one corruption alone, without S4's min-max renormalisation: with it, additive noise would also
+# rescale the whole slice and the score would measure that shift
+_OFF = {"dropout": 0.0, "noise_std": 0.0, "blankout_prob": 0.0, "blur_prob": 0.0, "renormalize": False}
+
+
+def conditions(kinds=tuple(SEVERITIES), levels=(0, 1, 2), combined: bool = True) -> dict:
+    """``{name: Corruption or None}``: clean, each kind alone at the chosen severities, and S4's
+    training corruption (``combined``)."""
+    out: dict[str, Corruption | None] = {"clean": None}
+    for kind in kinds:
+        for lv in levels:
+            v = SEVERITIES[kind][lv]
+            if kind == "noise":
+                c = Corruption(**{**_OFF, "noise_std": v})
+            elif kind == "rician":
+                c = Corruption(**{**_OFF, "rician_std": v})
+            elif kind == "dropout":
+                c = Corruption(**{**_OFF, "dropout": v})
+            elif kind == "blankout":
+                c = Corruption(
+                    **{**_OFF, "blankout_prob": 1.0}, blankout_size=(v, v + 1), blankout_where="foreground"
+                )
+            else:
+                c = Corruption(**{**_OFF, "blur_prob": 1.0}, blur_sigma=v, blur_kernel_size=None)
+            out[f"{kind}-{v}"] = c
+    if combined:
+        out["combined"] = Corruption()
+    return out
+
+
+# the conditions a bundle's evaluate.json scores, by their short names in eval/summary.json
+EVALUATED = {
+    "noise": "noise-0.03",
+    "dropout": "dropout-0.03",
+    "blankout": "blankout-25",
+    "blur": "blur-1.0",
+    "combined": "combined",
+}
+
+
+def eval_conditions(names=tuple(EVALUATED)) -> dict:
+    """``{short name: Corruption}`` for a bundle's evaluation (``configs/evaluate.json``): the same
+    objects ``conditions`` gives the compare under its long names (``EVALUATED``)."""
+    unknown = [n for n in names if n not in EVALUATED]
+    if unknown:
+        raise ValueError(f"conditions {unknown}: not among {list(EVALUATED)}")
+    every = conditions()
+    return {n: every[EVALUATED[n]] for n in names}

@@ -1,80 +1,17 @@
-"""Data for the GAN bundles: whole prepared volumes for the 3D GAN, and generated samples to NIfTI.
-
-``VolumeDataset`` reads the prepared datalist's ``cache/*.npy`` volumes (``(X, 128, 128)`` float16,
-RIA: axis 0 left-right at the prepared sagittal spacing, axes 1-2 the 240 mm in-plane field of view
-at 1.875 mm), pads or crops axis 0 to the same 240 mm (so the cube is isotropic in millimetres),
-and resizes to ``size^3`` with area averaging (no aliasing), once, at load. 64^3 gives 3.75 mm
-voxels. ``write_samples`` is the GAN bundles' inference: it draws seeded latents, runs the
-generator and writes each sample as NIfTI with an RIA affine at the sample's voxel size.
+"""Generated samples to NIfTI: ``write_samples`` is the GAN bundles' inference: it draws seeded
+latents, runs the generator and writes each sample as NIfTI with an RIA affine (``ria_affine``) at
+the sample's voxel size. The 3D GAN's real volumes are ``mriae.data.volumes.VolumeDataset(cube=True)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
-from mriae.prepare.datalist import DatalistError, load_datalist
-
-__all__ = ["VolumeDataset", "write_samples", "ria_affine"]
 
 
-class VolumeDataset(torch.utils.data.Dataset):
-    """All volumes of one partition as one ``(N, 1, S, S, S)`` float32 tensor in [0, 1].
-
-    Items are ``{"image": (1, S, S, S), "subject": str}``. ``fov_mm`` (default: the in-plane field of
-    view, 128 x 1.875 mm) is the cube's side before resizing."""
-
-    def __init__(
-        self,
-        datalist: str | Path | Mapping,
-        partition: str = "training",
-        size: int = 64,
-        max_subjects: int | None = None,
-        fov_mm: float | None = None,
-    ) -> None:
-        dl = datalist if isinstance(datalist, Mapping) else load_datalist(datalist)
-        root = Path(dl["_root"])
-        records = dl[partition][:max_subjects] if max_subjects else dl[partition]
-        if not records:
-            raise DatalistError(f"{root / 'datalist.json'}: partition '{partition}' is empty")
-        spacing = [float(s) for s in dl["preprocessing"]["spacing"]]
-        vols = []
-        for rec in records:
-            vol = torch.from_numpy(np.asarray(np.load(root / rec["image"]), dtype=np.float32))
-            fov = fov_mm or vol.shape[1] * spacing[1]
-            vol = _pad_or_crop(vol, [round(fov / s) for s in spacing])
-            vol = F.interpolate(vol[None, None], size=(size,) * 3, mode="area")[0]
-            vols.append(vol.clamp_(0, 1))
-        self.images = torch.stack(vols)
-        self.subjects = [rec["subject"] for rec in records]
-        self.voxel_mm = (fov_mm or 128 * spacing[1]) / size
-
-    def __len__(self) -> int:
-        return len(self.subjects)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "subject": self.subjects[i]}
-
-
-def _pad_or_crop(vol: torch.Tensor, shape: list[int]) -> torch.Tensor:
-    """Centre pad (zeros) or crop each axis to ``shape``."""
-    for ax, n in enumerate(shape):
-        cur = vol.shape[ax]
-        if cur > n:
-            start = (cur - n) // 2
-            vol = vol.narrow(ax, start, n)
-        elif cur < n:
-            pad = [0, 0] * vol.ndim
-            before = (n - cur) // 2
-            # F.pad lists the LAST axis first
-            k = 2 * (vol.ndim - 1 - ax)
-            pad[k], pad[k + 1] = before, n - cur - before
-            vol = F.pad(vol, pad)
-    return vol
+__all__ = ["write_samples", "ria_affine"]
 
 
 def ria_affine(voxel_mm: float, shape) -> np.ndarray:

@@ -1,11 +1,12 @@
-"""Datasets over the prepared cache for S1's volume CAE and S2's coronal-slab CAE.
+"""Datasets over the prepared cache for the volume models (S1's CAE and 3D GAN) and S2's coronal-slab CAE.
 
 Both read the same ``datalist.json`` / ``cache/*.npy`` as ``mriae.data.slices.SliceDataset`` (volumes of
 shape (X, 128, 128) in RIA orientation: axis 0 left-right, so ``vol[i]`` is sagittal; axis 2
 anterior, so ``vol[:, :, k]`` is a coronal slice) and check the cache checksums the same way.
 
 - ``VolumeDataset``: every volume of a partition, resized once at load to ``size`` (S1: 160x64x64,
-  trilinear with anti-aliasing, MONAI's ``Resize``), items ``{"image": (1, *size)}``.
+  trilinear with anti-aliasing, MONAI's ``Resize``), or padded to an isotropic cube first and
+  area-averaged (the 3D GAN), items ``{"image": (1, *size)}``.
 - ``CoronalSlabDataset``: S2's data: a slab of middle coronal slices per volume (default the middle
   51, as S2's 78:129 of 207), one global min-max scaling over the training partition (S2 scaled by
   the global min and max; pass the training set's ``intensity_range`` to validation / test), and
@@ -46,28 +47,49 @@ def _records(datalist, partition: str, expect: Mapping | None, max_subjects: int
 
 
 class VolumeDataset(torch.utils.data.Dataset):
-    """Whole prepared volumes of one partition, resized to ``size``; items ``{"image", "subject", "slice"}``
-    (``slice`` is -1: the item is a volume)."""
+    """Whole prepared volumes of one partition as one ``(N, 1, *size)`` float32 tensor in [0, 1],
+    resized once at load; items ``{"image", "subject", "slice"}`` (``slice`` is -1: the item is a volume).
+
+    Two geometries:
+    - the cache's own box resized to ``size`` (S1's volume CAE: 160x64x64; ``mode="trilinear"``, with
+      anti-aliasing, MONAI's ``Resize``);
+    - ``cube=True``: each axis first centre padded (zeros) or cropped to ``fov_mm`` (default: the
+      in-plane field of view, 128 x 1.875 mm), so the cube is isotropic in millimetres, then resized to
+      ``size`` cubed (the 3D GAN: 64^3, 3.75 mm voxels, ``voxel_mm``; ``mode="area"``, no aliasing).
+    """
 
     def __init__(
         self,
         datalist: str | Path | Mapping,
         partition: str = "training",
-        size: Sequence[int] = (160, 64, 64),
+        size: int | Sequence[int] = (160, 64, 64),
         max_subjects: int | None = None,
         expect: Mapping | None = None,
+        mode: str = "trilinear",
+        cube: bool = False,
+        fov_mm: float | None = None,
     ) -> None:
+        if mode not in ("trilinear", "area"):
+            raise ValueError(f"mode {mode!r} must be 'trilinear' or 'area'")
         dl, root, recs = _records(datalist, partition, expect, max_subjects)
-        resize = Resize(spatial_size=tuple(int(s) for s in size), mode="trilinear", anti_aliasing=True)
-        vols = []
+        size = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+        spacing = [float(s) for s in dl["preprocessing"]["spacing"]]
+        resize = Resize(spatial_size=size, mode="trilinear", anti_aliasing=True) if mode == "trilinear" else None
+        vols, fov = [], None
         for rec in recs:
-            vol = torch.from_numpy(np.asarray(np.load(root / rec["image"]), dtype=np.float32))[None]
-            vols.append(torch.as_tensor(resize(vol)).clamp_(0, 1).float())
+            vol = torch.from_numpy(np.asarray(np.load(root / rec["image"]), dtype=np.float32))
+            if cube:
+                fov = fov_mm or vol.shape[1] * spacing[1]
+                vol = _pad_or_crop(vol, [round(fov / s) for s in spacing])
+            if resize is not None:
+                vol = torch.as_tensor(resize(vol[None])).float()
+            else:
+                vol = F.interpolate(vol[None, None], size=size, mode="area")[0]
+            vols.append(vol.clamp_(0, 1))
         self.images = torch.stack(vols)
         self.subjects = [rec["subject"] for rec in recs]
-        self.index = [
-            (sid, -1) for sid in self.subjects
-        ]  # (subject, slice) as SliceDataset: DeviceBatchLoader
+        self.index = [(sid, -1) for sid in self.subjects]  # (subject, slice) as SliceDataset: DeviceBatchLoader
+        self.voxel_mm = fov / size[0] if cube else None
         self.preprocessing = dl["preprocessing"]
 
     def __len__(self) -> int:
@@ -78,6 +100,21 @@ class VolumeDataset(torch.utils.data.Dataset):
 
     def middle_slices(self) -> dict[str, int]:
         return {}  # per-case 2D figures do not apply to volumes
+
+
+def _pad_or_crop(vol: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """Centre pad (zeros) or crop each axis to ``shape``."""
+    for ax, n in enumerate(shape):
+        cur = vol.shape[ax]
+        if cur > n:
+            vol = vol.narrow(ax, (cur - n) // 2, n)
+        elif cur < n:
+            pad = [0, 0] * vol.ndim
+            before = (n - cur) // 2
+            k = 2 * (vol.ndim - 1 - ax)  # F.pad lists the LAST axis first
+            pad[k], pad[k + 1] = before, n - cur - before
+            vol = F.pad(vol, pad)
+    return vol
 
 
 class CoronalSlabDataset(IndexedSlices):

@@ -114,6 +114,17 @@ def test_coronal_slab_and_volume_datasets_read_the_cache(small_prepared):
         )
         < 0.02
     )  # anti-aliased resize keeps the mean intensity
+    # the 3D GAN's geometry: each axis padded / cropped to the in-plane field of view, then area-averaged
+    cube = VolumeDataset(small_prepared, "test", size=16, cube=True, mode="area")
+    sp = [float(v) for v in dl["preprocessing"]["spacing"]]
+    side_mm = np.load(small_prepared.parent / dl["test"][0]["image"]).shape[1] * sp[1]
+    assert cube[0]["image"].shape == (1, 16, 16, 16) and cube.voxel_mm == pytest.approx(side_mm / 16)
+    assert vols.voxel_mm is None and cube[0]["slice"] == -1
+    # area averaging of a padded cube: the mass of the volume scales by the cube's voxel count
+    raw = np.load(small_prepared.parent / dl["test"][0]["image"]).astype(np.float32)
+    want = raw.sum() * np.prod(sp) / (16**3 * cube.voxel_mm**3) if raw.shape[0] * sp[0] <= side_mm else None
+    if want is not None:  # nothing was cropped: area resize preserves the integral
+        assert float(cube[0]["image"].mean()) == pytest.approx(want, rel=0.02)
 
 
 @pytest.mark.parametrize("name", BUNDLES)
