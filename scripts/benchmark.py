@@ -47,10 +47,9 @@ def median_rate(fn, repeats: int) -> tuple[float, list[float]]:
 
 
 def bundle_parser(args, **overrides):
-    from monai.bundle import ConfigParser
+    from mriae.config import bundle_config
 
-    p = ConfigParser()
-    p.read_config(str(REPO / "bundles" / args.bundle / "configs" / "train.json"))
+    p = bundle_config(REPO / "bundles" / args.bundle)
     p["bundle_root"] = str(REPO / "bundles" / args.bundle)
     p["dataset_dir"] = args.dataset_dir
     p["use_mlflow"] = False
@@ -353,9 +352,9 @@ def main(argv=None) -> int:
     from mriae.train.engine import seed_everything
 
     seed_everything(0)
-    from monai.bundle import ConfigParser
+    from mriae.config import bundle_config
 
-    train = ConfigParser.load_config_file(str(REPO / "bundles" / args.bundle / "configs" / "train.json"))
+    train = bundle_config(REPO / "bundles" / args.bundle)
     ensure_datalist(args.dataset_dir, train.get("plan"))  # the data at the bundle's own plan
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",

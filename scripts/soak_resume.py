@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> int:
+    from mriae.config import bundle_config, bundle_files
     from mriae.prepare.pipeline import ensure_datalist
     from mriae.train.resume import kill_and_resume
 
@@ -42,10 +43,8 @@ def main() -> int:
     args = ap.parse_args()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     src = REPO / "bundles" / args.bundle
-    files = [src / "configs" / "train.json"] + ([] if args.recipe == "none" else [src / "configs" / f"{args.recipe}.json"])
-    plan = json.loads(files[0].read_text()).get("plan")
-    for f in files[1:]:
-        plan = json.loads(f.read_text()).get("plan", plan)
+    files = [Path(f) for f in bundle_files(src, recipe=None if args.recipe == "none" else args.recipe)]
+    plan = bundle_config(src, recipe=None if args.recipe == "none" else args.recipe).get("plan")
     dataset = Path(ensure_datalist(args.dataset_dir, plan)).parent
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
 
