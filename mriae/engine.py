@@ -186,7 +186,9 @@ class TimeLimit:
             self._t0 = time.perf_counter()
 
         def check(e: Engine):
-            if time.perf_counter() - self._t0 > float(self.seconds):
+            from .distributed import any_rank  # under torchrun every rank stops at the same iteration
+
+            if any_rank(time.perf_counter() - self._t0 > float(self.seconds)):
                 e.logger.info("time limit of %s s reached: stopping", self.seconds)
                 e.state.time_limit_reached = True  # a resume checkpoint is kept: --resume True goes on
                 e.terminate()
