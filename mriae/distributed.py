@@ -64,6 +64,11 @@ __all__ = [
     "PerRankSeed",
     "ShardedDeviceBatchLoader",
     "shard_indices",
+    "sweep_worker",
+    "workers_ready",
+    "wait_for_study_attr",
+    "over_budget",
+    "wait_for_trials",
 ]
 logger = logging.getLogger("mriae.distributed")
 
@@ -315,3 +320,87 @@ class ShardedDeviceBatchLoader(DeviceBatchLoader):
     def load_state_dict(self, state: Mapping) -> None:
         super().load_state_dict(state)
         self.epoch = int(state.get("epoch", 0))
+
+
+# ------------------------------------------------------------------ sweep workers (mriae.sweep)
+def sweep_worker() -> int:
+    """Under ``torchrun -m mriae.sweep``: this worker's number (the global rank) and, before CUDA
+    starts, its GPU: ``CUDA_VISIBLE_DEVICES`` becomes the ``LOCAL_RANK``-th of the visible devices
+    (of ``0, 1, ...`` when unset), so each worker trains its trials on one GPU as ``cuda:0``. On a
+    machine without GPUs each worker is one CPU process. Outside torchrun: 0 (one worker)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) < 2:
+        return 0
+    lr = local_rank()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        devices = [d for d in visible.split(",") if d.strip()]
+        if lr >= len(devices):
+            raise InputError(
+                f"mriae.sweep: worker {lr} on this node but CUDA_VISIBLE_DEVICES={visible} names {len(devices)} "
+                f"device(s); start at most {len(devices)} per node (--nproc_per_node)"
+            )
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[lr]
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(lr)
+    return rank()
+
+
+def workers_ready(out_dir, wait: bool = False, timeout: float = 900.0) -> None:
+    """Worker 0 marks ``out_dir/workers_ready`` with this launch's id (``TORCHELASTIC_RUN_ID``) once
+    the study, its first trials and the MLflow parent run exist; with ``wait`` the other workers wait
+    for that mark before they open the databases (two processes creating one SQLite schema collide)."""
+    import time
+    from pathlib import Path
+
+    from .atomic import atomic_write_text
+
+    mark, run_id = Path(out_dir) / "workers_ready", os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if not wait:
+        atomic_write_text(mark, run_id)
+        return
+    t0 = time.monotonic()
+    while not (mark.is_file() and mark.read_text() == run_id):
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"{mark}: worker 0 did not set up the study in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def wait_for_study_attr(study, key: str, timeout: float = 900.0, poll: float = 0.5):
+    """The study's user attribute ``key`` once another worker has set it (worker 0's MLflow parent run)."""
+    import time
+
+    t0 = time.monotonic()
+    while True:
+        value = study._storage.get_study_user_attrs(study._study_id).get(key)
+        if value is not None:
+            return value
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"study {study.study_name}: worker 0 did not set {key!r} in {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def over_budget(study, trial, n_trials: int) -> bool:
+    """True when ``n_trials`` trials numbered below ``trial`` are done, running or waiting: the budget
+    is taken (trial numbers are handed out in order by the shared storage, so exactly the first
+    ``n_trials`` trials that do not fail are run, whatever the number of workers)."""
+    from optuna.trial import TrialState
+
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    before = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+    return len(before) >= n_trials
+
+
+def wait_for_trials(study, poll: float = 1.0) -> None:
+    """Return once no trial of the study is running (the other workers' last trials); trials of a
+    killed worker are failed by Optuna's heartbeat after its grace period."""
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        if is_heartbeat_enabled(study._storage):
+            optuna.storages.fail_stale_trials(study)
+        time.sleep(poll)
