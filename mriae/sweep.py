@@ -289,6 +289,7 @@ def run_sweep(
             study.stop()
             raise _OverBudget(f"trial {trial.number}: {n_trials} trials already started")
         params = suggest(trial, spec)
+        trial.set_user_attr("worker", worker)
         tdir = out / "trials" / f"{trial.number:03d}"
         run_over = {**base, **params, "ckpt_dir": str(tdir / "models"), "output_dir": str(tdir / "outputs")}
         tracker.trial(trial.number, params)
