@@ -191,7 +191,10 @@ def wrap(network: torch.nn.Module, sync_batch_norm: bool | None = None) -> torch
 
 def _writer_types() -> tuple[type, ...]:
     """Handlers that write files, logs or tracking: rank 0 only."""
-    from ignite.contrib.handlers import ProgressBar
+    try:
+        from ignite.handlers import ProgressBar
+    except ImportError:  # ignite < 0.5
+        from ignite.contrib.handlers import ProgressBar
     from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler
 
     from .engine import BestCheckpoint, History
