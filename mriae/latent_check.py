@@ -38,6 +38,7 @@ def latent_stats(
     """Spread across inputs (mean over positions / units of the std over inputs) of the input, the
     latent code and the reconstruction, the fraction of code values within ``eps`` of 0 or 1, and the
     mean absolute change of input and reconstruction when Gaussian noise ``noise_std`` is added."""
+    net = getattr(net, "module", net)  # DistributedDataParallel's module (multi_gpu_train.json)
     if not hasattr(net, "encode"):
         raise InputError(f"{type(net).__name__} has no encode(): not a dense-latent autoencoder")
     dev = next(net.parameters()).device

@@ -50,6 +50,13 @@ def multi_gpu_config(train: dict) -> dict:
     gan = "generator" in train and "discriminator" in train
     for key in ("generator", "discriminator") if gan else ("network",):
         cfg[key] = _wrap(train[key])
+    for opt, net, inner in (("optimizer", "network", "network_def"), ("g_optimizer", "generator", "network_def"),
+                            ("d_optimizer", "discriminator", "discriminator_def")):  # fmt: skip
+        params = train.get(opt, {}).get("params") if isinstance(train.get(opt), dict) else None
+        if isinstance(params, str) and f"@{net}." in params and f"@{net}.parameters()" not in params:
+            # a method of the network itself (cae_3d's param_groups): the module the wrapper holds
+            # (the same parameters; batch norm's conversion keeps them too)
+            cfg[f"{opt}#params"] = params.replace(f"@{net}.", f"@{inner}.")
     loader = train["train"]["dataloader"]
     if loader["_target_"] == "mriae.data.DeviceBatchLoader":
         cfg["train#dataloader#_target_"] = "mriae.distributed.ShardedDeviceBatchLoader"
