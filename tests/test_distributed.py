@@ -96,13 +96,12 @@ def test_the_other_ranks_keep_no_writer(monkeypatch, tmp_path):
     from mriae.distributed import main_only
     from mriae.engine import History, TimeLimit
 
-    handlers = [History(str(tmp_path)), StatsHandler(), TimeLimit(1.0), None]
+    handlers = [History(str(tmp_path)), StatsHandler(), TimeLimit(1.0), ValidationHandler(interval=1), None]
     monkeypatch.setenv("RANK", "0")
-    assert main_only(handlers) == handlers[:3]
+    assert main_only(handlers) == handlers[:4]
     monkeypatch.setenv("RANK", "1")
     kept = main_only(handlers)
-    assert len(kept) == 1 and isinstance(kept[0], TimeLimit)
-    assert ValidationHandler is not None
+    assert [type(h) for h in kept] == [TimeLimit, ValidationHandler]  # what decides runs on every rank
 
 
 def test_outside_torchrun_the_config_says_how_to_start_it(monkeypatch):
