@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, free_port, run_bundle
+from conftest import REPO, free_port
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
             "--rdzv_backend=c10d"]  # fmt: skip
@@ -186,8 +186,10 @@ def test_two_ranks_train_as_one_process_with_the_global_batch_and_rank_0_alone_w
                    *common, "--batch_size", "4")  # fmt: skip
     log = res.stdout + res.stderr
     assert "rank 0 of 2" in log and "rank 1 of 2" in log and "backend gloo" in log
-    run_bundle("training", "--config_file", str([str(one / "configs" / "train.json"), str(exact)]), "--bundle_root", str(one),
-               *common, "--batch_size", "8", "--use_mlflow", "False")  # fmt: skip
+    from monai.bundle import run  # the one-process reference in this process (no start-up to pay)
+
+    run("training", config_file=[str(one / "configs" / "train.json"), str(exact)], bundle_root=str(one),
+        dataset_dir=str(small_prepared.parent), batch_size=8, use_mlflow=False)  # fmt: skip
     # exactly one checkpoint, one history, one MLflow run (rank 0's), no resume state left
     assert sorted(p.name for p in (two / "models").iterdir()) == ["model.json", "model.pt"]
     assert sorted(p.name for p in (two / "outputs" / "training").iterdir()) == ["curves.png", "history.json"]
@@ -255,3 +257,23 @@ def test_two_sweep_workers_share_one_study_and_run_no_trial_twice(small_prepared
     # both workers ran trials (each its own trial directory, written once)
     assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(f"{t.number:03d}" for t in done)
     assert {t.user_attrs["worker"] for t in done} == {0, 1}
+
+
+# ------------------------------------------------------------------ GAN under torchrun, resumed
+def test_a_gan_trains_on_two_ranks_and_both_resume_from_the_same_state(small_prepared, tmp_path):
+    root = tmp_path / "wgan_gp_2d"
+    shutil.copytree(REPO / "bundles/wgan_gp_2d", root, ignore=shutil.ignore_patterns("models", "eval", "outputs"))
+    files = str([str(root / "configs" / f) for f in ("train.json", "multi_gpu_train.json")])
+    small = ["--bundle_root", str(root), "--dataset_dir", str(small_prepared.parent), "--use_mlflow", "False",
+             "--g_channels", "[32,16,8,4]", "--d_channels", "[4,8,16,32]", "--max_slices_per_subject", "4",
+             "--batch_size", "4", "--epoch_length", "2", "--n_critic", "2", "--quality_samples", "8",
+             "--grid_samples", "4"]  # fmt: skip
+    torchrun("-m", "monai.bundle", "run", "training", "--config_file", files, *small, "--train#trainer#max_epochs", "1")
+    first = json.loads((root / "models" / "model.json").read_text())
+    assert first["epoch"] == 1 and (root / "models" / "state.pt").is_file()
+    res = torchrun("-m", "monai.bundle", "run", "training", "--config_file", files, *small,
+                   "--train#trainer#max_epochs", "2", "--resume", "True")  # fmt: skip
+    log = res.stdout + res.stderr
+    assert log.count("state.pt: epoch 1, 1 generator updates") == 2, log[-3000:]  # every rank, the same state
+    meta = json.loads((root / "models" / "model.json").read_text())
+    assert meta["epoch"] == 2 and meta["generator_updates"] == 2 and meta["critic_updates"] == 4
