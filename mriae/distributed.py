@@ -76,7 +76,6 @@ LAUNCH = (
     "torchrun --nproc_per_node=N -m monai.bundle run training --config_file "
     "\"['bundles/<name>/configs/train.json','bundles/<name>/configs/multi_gpu_train.json']\""
 )
-_WRITERS_NOTE = "rank 0 alone writes checkpoints, history, figures and MLflow runs"
 
 
 def _initialized() -> bool:

@@ -404,7 +404,8 @@ class StopAfter:
             return
         from .distributed import any_rank  # under torchrun every rank stops after the same epoch
 
-        if any_rank(time.monotonic() - self._start >= self.seconds) and engine.state.epoch < engine.state.max_epochs:
+        late = any_rank(time.monotonic() - self._start >= self.seconds)
+        if late and engine.state.epoch < engine.state.max_epochs:
             self.stopped_at = engine.state.epoch
             logger.info(
                 "time limit of %.0f s reached: stopping after epoch %d", self.seconds, engine.state.epoch
