@@ -2,6 +2,7 @@
 """Bayesian hyperparameter sweep of a bundle (Optuna TPE, MedianPruner, SQLite, MLflow child runs).
 
     python scripts/sweep.py --bundle bundles/ae_2d --trials 20
+    torchrun --nproc_per_node=4 scripts/sweep.py --bundle bundles/ae_2d --trials 20   # 4 workers, one study
     python scripts/sweep.py -h
 
 See ``mriae/tools/sweep.py`` for the space file and what is written.

@@ -164,6 +164,8 @@ class GanQuality:
     ``real_data``: a dataset of dicts with ``image`` (e.g. ``SliceDataset`` / ``VolumeDataset``).
     """
 
+    main_process_only = True  # writes files: under torchrun only rank 0 runs it (train.distributed.main_only)
+
     def __init__(
         self,
         generator: torch.nn.Module,

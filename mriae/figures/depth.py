@@ -51,6 +51,8 @@ class DepthFigures:
         tracking_uri / experiment_name / run_name: the MLflow run to log to (None: files only).
     """
 
+    main_process_only = True  # writes files: under torchrun only rank 0 runs it (train.distributed.main_only)
+
     def __init__(
         self,
         network: torch.nn.Module,

@@ -38,6 +38,7 @@ def latent_stats(
     """Spread across inputs (mean over positions / units of the std over inputs) of the input, the
     latent code and the reconstruction, the fraction of code values within ``eps`` of 0 or 1, and the
     mean absolute change of input and reconstruction when Gaussian noise ``noise_std`` is added."""
+    net = getattr(net, "module", net)  # DistributedDataParallel's module (multi_gpu_train.json)
     if not hasattr(net, "encode"):
         raise InputError(f"{type(net).__name__} has no encode(): not a dense-latent autoencoder")
     dev = next(net.parameters()).device
@@ -71,6 +72,8 @@ class LatentCheck:
     volumes (or slices) of ``dataset`` go into ``engine.state.metrics`` as ``<prefix>code_saturated``,
     ``<prefix>code_spread``, ``<prefix>output_spread`` and ``<prefix>noise_output_change``, so the
     training history (and MLflow) shows when a code saturates or stops depending on the input."""
+
+    main_process_only = True  # writes files: under torchrun only rank 0 runs it (train.distributed.main_only)
 
     def __init__(
         self, network: torch.nn.Module, dataset, prefix: str = "val_", noise_std: float = 0.1

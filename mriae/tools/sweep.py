@@ -24,6 +24,10 @@
   RUNNING are marked failed (heartbeat) and not counted.
 - The best trial is written as ``<out>/best_overrides.json``: config ids -> values, a file that
   ``monai.bundle run`` merges after train.json.
+- Several workers share one study: ``torchrun --nproc_per_node=N -m mriae.tools.sweep ...`` starts N
+  processes, each runs one trial at a time on its own GPU (``CUDA_VISIBLE_DEVICES`` = its local
+  rank) or CPU process; Optuna's storage hands every trial to one worker. Worker 0 enqueues, owns
+  the parent MLflow run and writes the results once no trial is running (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -151,10 +155,12 @@ def run_trial(
 
 
 class _Tracker:
-    """MLflow parent run per study, one child run per trial (no-op without MLflow)."""
+    """MLflow parent run per study, one child run per trial (no-op without MLflow). Worker 0 starts
+    (or continues) the parent run; the other workers wait for its id in the study and tag their
+    trials' runs with it (``mlflow.parentRunId``, MLflow's nesting) without activating it."""
 
-    def __init__(self, enabled: bool, tracking_uri: str | None, experiment: str, study) -> None:
-        self.mlflow = None
+    def __init__(self, enabled: bool, tracking_uri: str | None, experiment: str, study, worker: int = 0) -> None:
+        self.mlflow, self.worker = None, int(worker)
         if not enabled:
             return
         try:
@@ -166,6 +172,11 @@ class _Tracker:
 
         mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
         mlflow.set_experiment(experiment)
+        if self.worker:
+            from mriae.train.distributed import wait_for_study_attr
+
+            self.mlflow, self.parent_id = mlflow, wait_for_study_attr(study, "mlflow_parent_run_id")
+            return
         parent = study.user_attrs.get("mlflow_parent_run_id")
         run = (
             mlflow.start_run(run_id=parent)
@@ -174,12 +185,15 @@ class _Tracker:
         )
         if not parent:
             study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-        self.mlflow, self.parent = mlflow, run
+        self.mlflow, self.parent, self.parent_id = mlflow, run, run.info.run_id
 
     def trial(self, number: int, params: Mapping):
         if self.mlflow is None:
             return None
-        run = self.mlflow.start_run(run_name=f"trial-{number:03d}", nested=True)
+        if self.worker:
+            run = self.mlflow.start_run(run_name=f"trial-{number:03d}", tags={"mlflow.parentRunId": self.parent_id})
+        else:
+            run = self.mlflow.start_run(run_name=f"trial-{number:03d}", nested=True)
         self.mlflow.log_params({str(k): str(v) for k, v in params.items()})
         return run
 
@@ -196,7 +210,7 @@ class _Tracker:
         self.mlflow.end_run("FINISHED" if state != "FAIL" else "FAILED")
 
     def close(self, best: Mapping | None) -> None:
-        if self.mlflow is None:
+        if self.mlflow is None or self.worker:
             return
         if best:
             self.mlflow.set_tags(
@@ -221,10 +235,15 @@ def run_sweep(
     use_mlflow: bool = True,
     tracking_uri: str | None = None,
     enqueue: Sequence[Mapping] = (),
+    worker: int = 0,
+    storage: str | None = None,
 ) -> dict:
     """Run (or resume) a study; writes ``best_overrides.json`` and ``trials.json`` into ``out_dir``.
     ``enqueue``: parameter sets (space names -> values) tried first, e.g. the bundle's defaults; only
-    for a new study."""
+    for a new study. ``worker``: this process's number among workers sharing the study (0 enqueues,
+    owns the MLflow parent run and writes the results after the last running trial; the others only
+    run trials, their sampler seeded ``seed + worker``). ``storage``: an Optuna storage URL (default
+    SQLite in ``out_dir``; a database server for workers on several nodes)."""
     root = Path(bundle_root).resolve()
     from monai.bundle import ConfigParser
 
@@ -235,26 +254,40 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     space_file = find_space(root, space)
     spec = load_space(space_file, cfg)
+    from mriae.train.distributed import workers_ready
+
+    if worker:
+        workers_ready(out, wait=True)  # worker 0 has created the study and the MLflow database
     storage = optuna.storages.RDBStorage(
-        f"sqlite:///{out / 'study.db'}", heartbeat_interval=60, grace_period=120
+        storage or f"sqlite:///{out / 'study.db'}", heartbeat_interval=60, grace_period=120,
+        engine_kwargs={"connect_args": {"timeout": 120}} if not storage else None,  # workers wait for the lock
     )
     study = optuna.create_study(
         study_name=study_name or f"{name}-sweep",
         storage=storage,
         direction="minimize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(n_startup_trials, 10)),
+        sampler=optuna.samplers.TPESampler(seed=seed + worker, n_startup_trials=min(n_startup_trials, 10)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
     )
-    study.set_user_attr("space", spec)
-    if not study.trials:
-        for params in enqueue:
-            study.enqueue_trial(dict(params))
-    tracker = _Tracker(use_mlflow, tracking_uri, name, study)
+    if worker == 0:
+        study.set_user_attr("space", spec)
+        if not study.trials:
+            for params in enqueue:
+                study.enqueue_trial(dict(params))
+    tracker = _Tracker(use_mlflow, tracking_uri, name, study, worker)
+    if worker == 0:
+        workers_ready(out)
     base = {"bundle_root": str(root), "use_mlflow": False, **dict(overrides or {})}
 
     def objective(trial: optuna.Trial) -> float:
+        from mriae.train.distributed import over_budget
+
+        if over_budget(study, trial, n_trials):  # another worker started the last trial of the budget
+            study.stop()
+            raise _OverBudget(f"trial {trial.number}: {n_trials} trials already started")
         params = suggest(trial, spec)
+        trial.set_user_attr("worker", worker)
         tdir = out / "trials" / f"{trial.number:03d}"
         run_over = {**base, **params, "ckpt_dir": str(tdir / "models"), "output_dir": str(tdir / "outputs")}
         tracker.trial(trial.number, params)
@@ -283,13 +316,22 @@ def run_sweep(
             study.optimize(
                 objective,
                 n_trials=remaining,
-                catch=(),
-                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=done)],
+                catch=(_OverBudget,),
+                # running trials count: a worker does not start one that another worker's would complete
+                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=(*done, optuna.trial.TrialState.RUNNING))],
             )
     finally:
-        best = _write_results(study, spec, out)
+        if worker == 0:
+            from mriae.train.distributed import wait_for_trials
+
+            wait_for_trials(study)  # the other workers' last trials
+        best = _write_results(study, spec, out) if worker == 0 else None
         tracker.close(best)
     return {"study": study, "best": best, "out_dir": out, "space_file": space_file}
+
+
+class _OverBudget(Exception):
+    """A trial started after the budget was taken by other workers (recorded as failed, not run)."""
 
 
 def _write_results(study, spec: Mapping, out: Path) -> dict | None:
@@ -348,8 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="parameters to try first in a new study, e.g. '{\"learning_rate\": 0.0005}'",
     )
     ap.add_argument("--tracking_uri")
+    ap.add_argument("--storage", help="Optuna storage URL shared by all workers (default: SQLite in --out)")
     ap.add_argument("--no-mlflow", action="store_true")
     a = ap.parse_args(argv)
+    from mriae.train.distributed import sweep_worker
+
+    worker = sweep_worker()  # under torchrun: this process's worker number, its GPU chosen
     fixed = parse_overrides(a.set, "--set")
     res = run_sweep(
         a.bundle,
@@ -365,7 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         not a.no_mlflow,
         a.tracking_uri,
         [json.loads(e) for e in a.enqueue],
+        worker,
+        a.storage,
     )
+    if worker:
+        return 0  # worker 0 reports the study
     st = res["study"]
     counts = {s.name: len(st.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
     print(

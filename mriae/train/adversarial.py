@@ -196,8 +196,10 @@ class AdversarialTrainer(GanTrainer):
         if g_step:
             d_net.requires_grad_(False)
             engine.g_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+            # the critic's own module: under DistributedDataParallel a wrapped critic would wait for
+            # gradients of its frozen weights (docs/distributed.md)
             g_loss = loss.generator(
-                engine.d_inferer(engine.g_inferer(engine._latents(engine, n), g_net), d_net)
+                engine.d_inferer(engine.g_inferer(engine._latents(engine, n), g_net), _unwrap(d_net))
             )
             g_loss.backward()
             engine.g_optimizer.step()
@@ -280,6 +282,8 @@ class GanCheckpoint:
 
     With ``state_path``, also the full training state (``GanResume`` reads it) every
     ``state_interval`` epochs and when the run completes or is stopped (``StopAfter``)."""
+
+    main_process_only = True  # writes files: under torchrun only rank 0 runs it (train.distributed.main_only)
 
     def __init__(
         self,
@@ -400,7 +404,10 @@ class StopAfter:
     def __call__(self, engine: Engine) -> None:
         if self.seconds is None or self._start is None:
             return
-        if time.monotonic() - self._start >= self.seconds and engine.state.epoch < engine.state.max_epochs:
+        from mriae.train.distributed import any_rank  # under torchrun every rank stops after the same epoch
+
+        late = any_rank(time.monotonic() - self._start >= self.seconds)
+        if late and engine.state.epoch < engine.state.max_epochs:
             self.stopped_at = engine.state.epoch
             logger.info(
                 "time limit of %.0f s reached: stopping after epoch %d", self.seconds, engine.state.epoch

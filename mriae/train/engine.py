@@ -184,7 +184,9 @@ class TimeLimit:
             self._t0 = time.perf_counter()
 
         def check(e: Engine):
-            if time.perf_counter() - self._t0 > float(self.seconds):
+            from mriae.train.distributed import any_rank  # under torchrun every rank stops at the same iteration
+
+            if any_rank(time.perf_counter() - self._t0 > float(self.seconds)):
                 e.logger.info("time limit of %s s reached: stopping", self.seconds)
                 e.state.time_limit_reached = True  # a resume checkpoint is kept: --resume True goes on
                 e.terminate()
@@ -214,6 +216,8 @@ def negative_metric_of(name: str):
 class BestCheckpoint:
     """Save ``network``'s state_dict to ``path`` whenever ``metric`` improves (lower is better when
     ``mode='min'``), atomically, with a JSON sidecar (epoch, metrics, ``info``)."""
+
+    main_process_only = True  # writes files: under torchrun only rank 0 runs it (train.distributed.main_only)
 
     def __init__(
         self,
@@ -260,6 +264,8 @@ class History:
     """Record the mean training loss per epoch (also put in ``trainer.state.metrics['train_loss']``
     so MLflow logs it per epoch) and the validation metrics; at the end write ``history.json`` and
     ``curves.png`` (loss and metric curves) into ``output_dir``."""
+
+    main_process_only = True  # writes files: under torchrun only rank 0 runs it (train.distributed.main_only)
 
     def __init__(
         self, output_dir: str, evaluator: Engine | None = None, metrics: tuple[str, ...] = ("val_loss",)
