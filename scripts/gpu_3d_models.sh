@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results_s1_s3.md (cae_3d) and docs/results_gans.md (wgan_gp_3d, and S1's
-# DCGAN collapse question), on the demo cohort, in order of priority within one time budget:
+# DCGAN collapse question), on the demo cohort, within one time budget, all four at once on the one GPU (PARALLEL=1, the default; PARALLEL=0: in turn, in this order of priority):
 #
 #   1. cae_3d with its default recipe (GroupNorm, dense code layer at lr 5e-6, random affine
 #      augmentation, 5,000 steps), trained and scored by scripts/compare.py (17 conditions, identity and
@@ -58,6 +58,7 @@ $PY -c "import mriae.data as d; print(d.ensure_datalist('$DATA'))"
 
 # 1. cae_3d: train + compare leaderboard + latent check + mean-volume baseline (first priority, no time limit)
 CMP="$BUILD/compare_cae_3d"
+cae() {
 if [ ! -f "$CMP/leaderboard.csv" ]; then
   timed cae_3d_compare $PY scripts/compare.py --models cae_3d --dataset-dir "$DATA" --output "$CMP" \
       --baselines identity gaussian --results-md none --no-mlflow --n-boot 1000 "${CAE_OVER[@]}" \
@@ -96,6 +97,7 @@ json.dump({r.metric: {"mean": r["mean"], "ci_low": r.ci_low, "ci_high": r.ci_hig
           open(sys.argv[2], "w"), indent=2)
 PY
 fi
+}
 
 # 2.-3. the GANs: each resumes its own state; quality every 100 (3D) / 250 (2D) generator updates
 gan() {  # gan BUNDLE EPOCHS EXTRA...: continue BUNDLE's run towards EPOCHS epochs in the time left
@@ -110,9 +112,22 @@ gan() {  # gan BUNDLE EPOCHS EXTRA...: continue BUNDLE's run towards EPOCHS epoc
   $PY -c "import json,sys; m=json.load(open('$root/models/model.json')); print('$b: epoch', m['epoch'], 'of $epochs,', m['generator_updates'], 'generator updates'); sys.exit(m['epoch'] < $epochs)" \
       && touch "$root/done" || true
 }
-gan wgan_gp_3d "$E3" "${GAN3D[@]}"                                    # its default: 20 x 100 updates
-gan dcgan_2d "$E2" --epoch_length "$EL2" --state_interval 2 "${GAN2D[@]}"          # S1's: 20 x 250 updates
-gan wgan_gp_2d "$E2" --epoch_length $(( 5 * EL2 )) --state_interval 2 "${GAN2D[@]}"  # 5 critic steps each
+# PARALLEL=1 (the default) runs cae_3d and the three GANs at the same time on the one GPU (each is far
+# from filling an H200; wall-clock timings then include the sharing); PARALLEL=0 runs them in turn
+run_all() {
+  if [ "${PARALLEL:-1}" = 1 ]; then
+    cae & gan wgan_gp_3d "$E3" "${GAN3D[@]}" &
+    gan dcgan_2d "$E2" --epoch_length "$EL2" --state_interval 2 "${GAN2D[@]}" &
+    gan wgan_gp_2d "$E2" --epoch_length $(( 5 * EL2 )) --state_interval 2 "${GAN2D[@]}" &
+    wait
+  else
+    cae
+    gan wgan_gp_3d "$E3" "${GAN3D[@]}"                                    # its default: 20 x 100 updates
+    gan dcgan_2d "$E2" --epoch_length "$EL2" --state_interval 2 "${GAN2D[@]}"          # S1's: 20 x 250 updates
+    gan wgan_gp_2d "$E2" --epoch_length $(( 5 * EL2 )) --state_interval 2 "${GAN2D[@]}"  # 5 critic steps each
+  fi
+}
+run_all
 
 # 4. collect: summary.json / summary.md, figures, one tar of the rest
 mkdir -p "$BUILD/gans"
