@@ -15,8 +15,9 @@
 # stop at an epoch boundary when their share is spent (StopAfter) and keep their whole training state
 # in build/gpu_3d_models/<bundle>/models/state.pt; running the SAME command again on the same machine
 # skips what is done and continues them (--resume True) until OUTDIR/summary.json says "done": true
-# (estimated from earlier H200 timings in docs/: cae_3d and wgan_gp_3d fit the first command, the 2D
-# GANs need two or three more: about 300 s for dcgan_2d, 750 s for wgan_gp_2d). Each command writes at
+# (measured on the H200 with the models in turn, PARALLEL=0: cae_3d 157 s with its compare, wgan_gp_3d
+# 304 s for 2,000 updates, dcgan_2d 125 s for 5,000, wgan_gp_2d about 600 s for 5,000: three commands
+# of about 500 s; docs/results_gans.md). Each command writes at
 # most 8 files into OUTDIR:
 # summary.json (every number), summary.md, results.tar.gz (curves, logs, grids, CSVs),
 # cae_3d_depth.png, cae_3d_compare_grid.png, wgan_gp_3d_samples.png, wgan_gp_3d_curves.png,
