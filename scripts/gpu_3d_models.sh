@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results_s1_s3.md (cae_3d) and docs/results_gans.md (wgan_gp_3d, and S1's
-# DCGAN collapse question), on the demo cohort, in order of priority within one time budget:
+# DCGAN collapse question), on the demo cohort, within one time budget, in this order of priority (PARALLEL=0, the default and what was measured; PARALLEL=1 runs all four at once on the one GPU, checked only on CPU with SMOKE=1):
 #
 #   1. cae_3d with its default recipe (GroupNorm, dense code layer at lr 5e-6, random affine
 #      augmentation, 5,000 steps), trained and scored by scripts/compare.py (17 conditions, identity and
@@ -15,8 +15,9 @@
 # stop at an epoch boundary when their share is spent (StopAfter) and keep their whole training state
 # in build/gpu_3d_models/<bundle>/models/state.pt; running the SAME command again on the same machine
 # skips what is done and continues them (--resume True) until OUTDIR/summary.json says "done": true
-# (estimated from earlier H200 timings in docs/: cae_3d and wgan_gp_3d fit the first command, the 2D
-# GANs need two or three more: about 300 s for dcgan_2d, 750 s for wgan_gp_2d). Each command writes at
+# (measured on the H200 with the models in turn, PARALLEL=0: cae_3d 157 s with its compare, wgan_gp_3d
+# 304 s for 2,000 updates, dcgan_2d 125 s for 5,000, wgan_gp_2d about 600 s for 5,000: three commands
+# of about 500 s; docs/results_gans.md). Each command writes at
 # most 8 files into OUTDIR:
 # summary.json (every number), summary.md, results.tar.gz (curves, logs, grids, CSVs),
 # cae_3d_depth.png, cae_3d_compare_grid.png, wgan_gp_3d_samples.png, wgan_gp_3d_curves.png,
@@ -58,6 +59,7 @@ $PY -c "from mriae.prepare.pipeline import ensure_datalist; print(ensure_datalis
 
 # 1. cae_3d: train + compare leaderboard + latent check + mean-volume baseline (first priority, no time limit)
 CMP="$BUILD/compare_cae_3d"
+cae() {
 if [ ! -f "$CMP/leaderboard.csv" ]; then
   timed cae_3d_compare $PY scripts/compare.py --models cae_3d --dataset-dir "$DATA" --output "$CMP" \
       --baselines identity gaussian --results-md none --no-mlflow --n-boot 1000 "${CAE_OVER[@]}" \
@@ -97,6 +99,7 @@ json.dump({r.metric: {"mean": r["mean"], "ci_low": r.ci_low, "ci_high": r.ci_hig
           open(sys.argv[2], "w"), indent=2)
 PY
 fi
+}
 
 # 2.-3. the GANs: each resumes its own state; quality every 100 (3D) / 250 (2D) generator updates
 gan() {  # gan BUNDLE EPOCHS EXTRA...: continue BUNDLE's run towards EPOCHS epochs in the time left
@@ -111,9 +114,22 @@ gan() {  # gan BUNDLE EPOCHS EXTRA...: continue BUNDLE's run towards EPOCHS epoc
   $PY -c "import json,sys; m=json.load(open('$root/models/model.json')); print('$b: epoch', m['epoch'], 'of $epochs,', m['generator_updates'], 'generator updates'); sys.exit(m['epoch'] < $epochs)" \
       && touch "$root/done" || true
 }
-gan wgan_gp_3d "$E3" "${GAN3D[@]}"                                    # its default: 20 x 100 updates
-gan dcgan_2d "$E2" --epoch_length "$EL2" --state_interval 2 "${GAN2D[@]}"          # S1's: 20 x 250 updates
-gan wgan_gp_2d "$E2" --epoch_length $(( 5 * EL2 )) --state_interval 2 "${GAN2D[@]}"  # 5 critic steps each
+# PARALLEL=1 (not the default: measured only with SMOKE=1 on CPU) runs cae_3d and the three GANs at the same time on the one GPU (each is far
+# from filling an H200; wall-clock timings then include the sharing); PARALLEL=0 runs them in turn
+run_all() {
+  if [ "${PARALLEL:-0}" = 1 ]; then
+    cae & gan wgan_gp_3d "$E3" "${GAN3D[@]}" &
+    gan dcgan_2d "$E2" --epoch_length "$EL2" --state_interval 2 "${GAN2D[@]}" &
+    gan wgan_gp_2d "$E2" --epoch_length $(( 5 * EL2 )) --state_interval 2 "${GAN2D[@]}" &
+    wait
+  else
+    cae
+    gan wgan_gp_3d "$E3" "${GAN3D[@]}"                                    # its default: 20 x 100 updates
+    gan dcgan_2d "$E2" --epoch_length "$EL2" --state_interval 2 "${GAN2D[@]}"          # S1's: 20 x 250 updates
+    gan wgan_gp_2d "$E2" --epoch_length $(( 5 * EL2 )) --state_interval 2 "${GAN2D[@]}"  # 5 critic steps each
+  fi
+}
+run_all
 
 # 4. collect: summary.json / summary.md, figures, one tar of the rest
 mkdir -p "$BUILD/gans"
