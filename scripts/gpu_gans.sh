@@ -13,7 +13,7 @@
 # NIfTI samples per GAN) into OUTDIR with OUTDIR/summary.{json,md} and OUTDIR/comparison.png
 # (scripts/gan_compare.py). Weights stay in build/gpu_gans/<bundle>/models (not in OUTDIR).
 # To measure fidelity in the TRAINED res_unet feature space, bring bundles/res_unet/models/model.pt
-# (e.g. the device tool's carry); without it the fixed random-init encoder is used and curves.json
+# (copy it onto the GPU machine); without it the fixed random-init encoder is used and curves.json
 # says so. Carrying data/demo/cohort saves the cohort build (only `prepare` then runs).
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 OUTDIR [G_UPDATES]" >&2; exit 2; }

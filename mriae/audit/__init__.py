@@ -1,4 +1,4 @@
-"""The bundle audit: no foreign code runs when a bundle is loaded (issue 12).
+"""The bundle audit: no foreign code runs when a bundle is loaded.
 
 MONAI evaluates every ``_target_`` (``pydoc.locate``) and every ``$`` expression (``eval``) of a
 bundle config (GHSA-873f-pvrv-4x83; upstream chose a warning), and ``logging.config.fileConfig``

@@ -1,7 +1,7 @@
 """Batched, seeded corruption of network INPUTS (the target stays clean), on the device of the batch.
 
 One implementation serves training, validation, evaluation, the compare step and the benchmark
-(../shared/DESIGN.md: the same code everywhere). It follows S4 (Arnaiz, brain Residual U-Net
+(the same code everywhere). It follows S4 (Arnaiz, brain Residual U-Net
 thesis, section 5.4.3), with each operation's range and probability a constructor argument:
 
 - pixel dropout: rate ~ U[dropout[0], dropout[1]) per image, kept pixels scaled by 1 / (1 - rate);
