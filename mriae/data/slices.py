@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mriae.prepare.datalist import DatalistError, load_datalist
+from mriae.prepare.datalist import partition_records
 
 __all__ = ["SliceDataset", "IndexedSlices", "DeviceBatchLoader"]
 
@@ -53,13 +53,7 @@ class SliceDataset(IndexedSlices):
         expect: Mapping | None = None,
         size: int | None = None,
     ) -> None:
-        dl = datalist if isinstance(datalist, Mapping) else load_datalist(datalist, expect=expect)
-        if partition not in ("training", "validation", "test"):
-            raise ValueError(f"partition {partition!r} must be training, validation or test")
-        root = Path(dl["_root"])
-        records = dl[partition][:max_subjects] if max_subjects else dl[partition]
-        if not records:
-            raise DatalistError(f"{root / 'datalist.json'}: partition '{partition}' is empty")
+        dl, root, records = partition_records(datalist, partition, expect, max_subjects)
         images, index = [], []
         for rec in records:
             vol = np.load(root / rec["image"], mmap_mode="r")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mriae.data.slices import IndexedSlices
-from mriae.prepare.datalist import DatalistError, load_datalist
+from mriae.prepare.datalist import partition_records
 
 __all__ = ["SliceStackDataset"]
 
@@ -69,13 +69,7 @@ class SliceStackDataset(IndexedSlices):
         max_subjects: int | None = None,
         expect: Mapping | None = None,
     ) -> None:
-        dl = datalist if isinstance(datalist, Mapping) else load_datalist(datalist, expect=expect)
-        if partition not in ("training", "validation", "test"):
-            raise ValueError(f"partition {partition!r} must be training, validation or test")
-        root = Path(dl["_root"])
-        records = dl[partition][:max_subjects] if max_subjects else dl[partition]
-        if not records:
-            raise DatalistError(f"{root / 'datalist.json'}: partition '{partition}' is empty")
+        dl, root, records = partition_records(datalist, partition, expect, max_subjects)
         self.context, self.axes = int(context), tuple(int(a) for a in axes)
         self.context_stride = max(1, int(context_stride))
         self.crop = None if crop is None else int(crop)

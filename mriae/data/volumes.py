@@ -31,19 +31,9 @@ import torch.nn.functional as F
 from monai.transforms import Resize, ResizeWithPadOrCrop
 
 from mriae.data.slices import IndexedSlices
-from mriae.prepare.datalist import DatalistError, load_datalist
+from mriae.prepare.datalist import partition_records
 
 __all__ = ["VolumeDataset", "CoronalSlabDataset", "RandomAffineBatch", "random_affines"]
-
-
-def _records(datalist, partition: str, expect: Mapping | None, max_subjects: int | None):
-    dl = datalist if isinstance(datalist, Mapping) else load_datalist(datalist, expect=expect)
-    if partition not in ("training", "validation", "test"):
-        raise ValueError(f"partition {partition!r} must be training, validation or test")
-    recs = dl[partition][:max_subjects] if max_subjects else dl[partition]
-    if not recs:
-        raise DatalistError(f"{Path(dl['_root']) / 'datalist.json'}: partition '{partition}' is empty")
-    return dl, Path(dl["_root"]), recs
 
 
 class VolumeDataset(torch.utils.data.Dataset):
@@ -71,7 +61,7 @@ class VolumeDataset(torch.utils.data.Dataset):
     ) -> None:
         if mode not in ("trilinear", "area"):
             raise ValueError(f"mode {mode!r} must be 'trilinear' or 'area'")
-        dl, root, recs = _records(datalist, partition, expect, max_subjects)
+        dl, root, recs = partition_records(datalist, partition, expect, max_subjects)
         size = (int(size),) * 3 if isinstance(size, (int, float)) else tuple(int(s) for s in size)
         spacing = [float(s) for s in dl["preprocessing"]["spacing"]]
         resize = Resize(spatial_size=size, mode="trilinear", anti_aliasing=True) if mode == "trilinear" else None
@@ -140,7 +130,7 @@ class CoronalSlabDataset(IndexedSlices):
         max_subjects: int | None = None,
         expect: Mapping | None = None,
     ) -> None:
-        dl, root, recs = _records(datalist, partition, expect, max_subjects)
+        dl, root, recs = partition_records(datalist, partition, expect, max_subjects)
         pad = ResizeWithPadOrCrop(spatial_size=(pad_to, pad_to), mode="constant")
         images, index = [], []
         for rec in recs:

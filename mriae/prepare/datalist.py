@@ -11,7 +11,7 @@ from pathlib import Path
 from mriae.errors import InputError
 from mriae.files import sha256_file
 
-__all__ = ["load_datalist", "DatalistError", "describe"]
+__all__ = ["load_datalist", "partition_records", "DatalistError", "describe"]
 
 
 class DatalistError(InputError):
@@ -54,6 +54,22 @@ def load_datalist(path: str | Path, verify: bool = True, expect: Mapping | None 
                     )
     dl["_root"] = str(path.parent)
     return dl
+
+
+def partition_records(
+    datalist: str | Path | Mapping, partition: str, expect: Mapping | None = None, max_subjects: int | None = None
+) -> tuple[dict, Path, list[dict]]:
+    """``(datalist, its folder, the first max_subjects records of partition)`` for a dataset: the
+    datalist loaded (and checked, ``expect`` as ``load_datalist``) unless it is already a dict; an
+    unknown or empty partition is refused."""
+    dl = datalist if isinstance(datalist, Mapping) else load_datalist(datalist, expect=expect)
+    if partition not in ("training", "validation", "test"):
+        raise ValueError(f"partition {partition!r} must be training, validation or test")
+    root = Path(dl["_root"])
+    records = dl[partition][:max_subjects] if max_subjects else dl[partition]
+    if not records:
+        raise DatalistError(f"{root / 'datalist.json'}: partition '{partition}' is empty")
+    return dl, root, records
 
 
 def describe(datalist: str | Path) -> dict:

@@ -35,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -44,6 +46,7 @@ from ignite.engine import Events
 from mriae import repo_root
 from mriae.config import bundle_files, parse_overrides
 from mriae.errors import InputError, MissingFileError
+from mriae.files import atomic_write_text
 
 __all__ = ["load_space", "find_space", "suggest", "run_trial", "run_sweep", "main"]
 logger = logging.getLogger("mriae.tools.sweep")
@@ -173,9 +176,7 @@ class _Tracker:
         mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
         mlflow.set_experiment(experiment)
         if self.worker:
-            from mriae.train.distributed import wait_for_study_attr
-
-            self.mlflow, self.parent_id = mlflow, wait_for_study_attr(study, "mlflow_parent_run_id")
+            self.mlflow, self.parent_id = mlflow, _wait_for_study_attr(study, "mlflow_parent_run_id")
             return
         parent = study.user_attrs.get("mlflow_parent_run_id")
         run = (
@@ -254,10 +255,8 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     space_file = find_space(root, space)
     spec = load_space(space_file, cfg)
-    from mriae.train.distributed import workers_ready
-
     if worker:
-        workers_ready(out, wait=True)  # worker 0 has created the study and the MLflow database
+        _workers_ready(out, wait=True)  # worker 0 has created the study and the MLflow database
     storage = optuna.storages.RDBStorage(
         storage or f"sqlite:///{out / 'study.db'}", heartbeat_interval=60, grace_period=120,
         engine_kwargs={"connect_args": {"timeout": 120}} if not storage else None,  # workers wait for the lock
@@ -277,13 +276,11 @@ def run_sweep(
                 study.enqueue_trial(dict(params))
     tracker = _Tracker(use_mlflow, tracking_uri, name, study, worker)
     if worker == 0:
-        workers_ready(out)
+        _workers_ready(out)
     base = {"bundle_root": str(root), "use_mlflow": False, **dict(overrides or {})}
 
     def objective(trial: optuna.Trial) -> float:
-        from mriae.train.distributed import over_budget
-
-        if over_budget(study, trial, n_trials):  # another worker started the last trial of the budget
+        if _over_budget(study, trial, n_trials):  # another worker started the last trial of the budget
             study.stop()
             raise _OverBudget(f"trial {trial.number}: {n_trials} trials already started")
         params = suggest(trial, spec)
@@ -322,9 +319,7 @@ def run_sweep(
             )
     finally:
         if worker == 0:
-            from mriae.train.distributed import wait_for_trials
-
-            wait_for_trials(study)  # the other workers' last trials
+            _wait_for_trials(study)  # the other workers' last trials
         best = _write_results(study, spec, out) if worker == 0 else None
         tracker.close(best)
     return {"study": study, "best": best, "out_dir": out, "space_file": space_file}
@@ -334,9 +329,56 @@ class _OverBudget(Exception):
     """A trial started after the budget was taken by other workers (recorded as failed, not run)."""
 
 
-def _write_results(study, spec: Mapping, out: Path) -> dict | None:
-    from mriae.files import atomic_write_text
+# ------------------------------------------------------------------ workers sharing one study
+def _workers_ready(out_dir, wait: bool = False, timeout: float = 900.0) -> None:
+    """Worker 0 marks ``out_dir/workers_ready`` with this launch's id (``TORCHELASTIC_RUN_ID``) once
+    the study, its first trials and the MLflow parent run exist; with ``wait`` the other workers wait
+    for that mark before they open the databases (two processes creating one SQLite schema collide)."""
+    mark, run_id = Path(out_dir) / "workers_ready", os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if not wait:
+        atomic_write_text(mark, run_id)
+        return
+    t0 = time.monotonic()
+    while not (mark.is_file() and mark.read_text() == run_id):
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"{mark}: worker 0 did not set up the study in {timeout:.0f} s")
+        time.sleep(0.5)
 
+
+def _wait_for_study_attr(study, key: str, timeout: float = 900.0, poll: float = 0.5):
+    """The study's user attribute ``key`` once another worker has set it (worker 0's MLflow parent run)."""
+    t0 = time.monotonic()
+    while True:
+        value = study.user_attrs.get(key)  # read from the storage at every call
+        if value is not None:
+            return value
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"study {study.study_name}: worker 0 did not set {key!r} in {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def _over_budget(study, trial, n_trials: int) -> bool:
+    """True when ``n_trials`` trials numbered below ``trial`` are done, running or waiting: the budget
+    is taken (trial numbers are handed out in order by the shared storage, so exactly the first
+    ``n_trials`` trials that do not fail are run, whatever the number of workers)."""
+    from optuna.trial import TrialState
+
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    before = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+    return len(before) >= n_trials
+
+
+def _wait_for_trials(study, poll: float = 1.0) -> None:
+    """Return once no trial of the study is running (the other workers' last trials); trials of a
+    killed worker are failed by Optuna's heartbeat after its grace period."""
+    from optuna.trial import TrialState
+
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        optuna.storages.fail_stale_trials(study)  # a no-op for a storage without heartbeats
+        time.sleep(poll)
+
+
+def _write_results(study, spec: Mapping, out: Path) -> dict | None:
     rows = [
         {
             "number": t.number,

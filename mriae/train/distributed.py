@@ -65,10 +65,6 @@ __all__ = [
     "ShardedDeviceBatchLoader",
     "shard_indices",
     "sweep_worker",
-    "workers_ready",
-    "wait_for_study_attr",
-    "over_budget",
-    "wait_for_trials",
 ]
 logger = logging.getLogger("mriae.train.distributed")
 
@@ -336,64 +332,3 @@ def sweep_worker() -> int:
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(lr)
     return rank()
-
-
-def workers_ready(out_dir, wait: bool = False, timeout: float = 900.0) -> None:
-    """Worker 0 marks ``out_dir/workers_ready`` with this launch's id (``TORCHELASTIC_RUN_ID``) once
-    the study, its first trials and the MLflow parent run exist; with ``wait`` the other workers wait
-    for that mark before they open the databases (two processes creating one SQLite schema collide)."""
-    import time
-    from pathlib import Path
-
-    from mriae.files import atomic_write_text
-
-    mark, run_id = Path(out_dir) / "workers_ready", os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if not wait:
-        atomic_write_text(mark, run_id)
-        return
-    t0 = time.monotonic()
-    while not (mark.is_file() and mark.read_text() == run_id):
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError(f"{mark}: worker 0 did not set up the study in {timeout:.0f} s")
-        time.sleep(0.5)
-
-
-def wait_for_study_attr(study, key: str, timeout: float = 900.0, poll: float = 0.5):
-    """The study's user attribute ``key`` once another worker has set it (worker 0's MLflow parent run)."""
-    import time
-
-    t0 = time.monotonic()
-    while True:
-        value = study._storage.get_study_user_attrs(study._study_id).get(key)
-        if value is not None:
-            return value
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError(f"study {study.study_name}: worker 0 did not set {key!r} in {timeout:.0f} s")
-        time.sleep(poll)
-
-
-def over_budget(study, trial, n_trials: int) -> bool:
-    """True when ``n_trials`` trials numbered below ``trial`` are done, running or waiting: the budget
-    is taken (trial numbers are handed out in order by the shared storage, so exactly the first
-    ``n_trials`` trials that do not fail are run, whatever the number of workers)."""
-    from optuna.trial import TrialState
-
-    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    before = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
-    return len(before) >= n_trials
-
-
-def wait_for_trials(study, poll: float = 1.0) -> None:
-    """Return once no trial of the study is running (the other workers' last trials); trials of a
-    killed worker are failed by Optuna's heartbeat after its grace period."""
-    import time
-
-    import optuna
-    from optuna.trial import TrialState
-
-    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        from optuna.storages._heartbeat import is_heartbeat_enabled
-
-        if is_heartbeat_enabled(study._storage):
-            optuna.storages.fail_stale_trials(study)
-        time.sleep(poll)

@@ -165,7 +165,8 @@ class AutocastInferer(SimpleInferer):
 
 
 class TimeLimit:
-    """Stop training ``seconds`` after it started (checked after every iteration; the epoch's
+    """Stop training ``seconds`` after it started (checked after every iteration, every 20th under
+    torchrun, where the ranks agree on it in one all-reduce; the epoch's
     validation is then skipped and the best checkpoint so far is kept; ``--resume True`` continues
     from the last completed epoch). The clock starts with the
     trainer's run, so building the data and the network does not count (Ignite's own
@@ -183,9 +184,14 @@ class TimeLimit:
         def start(_):
             self._t0 = time.perf_counter()
 
-        def check(e: Engine):
-            from mriae.train.distributed import any_rank  # under torchrun every rank stops at the same iteration
+        from mriae.train.distributed import any_rank, world_size
 
+        # under torchrun all ranks agree (one all-reduce) every `every` iterations, not at every step
+        every = 20 if world_size() > 1 else 1
+
+        def check(e: Engine):
+            if e.state.iteration % every:
+                return
             if any_rank(time.perf_counter() - self._t0 > float(self.seconds)):
                 e.logger.info("time limit of %s s reached: stopping", self.seconds)
                 e.state.time_limit_reached = True  # a resume checkpoint is kept: --resume True goes on
