@@ -25,6 +25,8 @@
 # in the TRAINED res_unet encoder's feature space (as the earlier GAN runs did), bring
 # bundles/res_unet/models/model.pt onto the GPU machine; without it the fixed
 # random-init encoder is used and summary.json says so. DATA (default data/demo) is built on first use.
+# ONLY (e.g. "wgan_gp_2d cae_3d") runs these steps in this order (PARALLEL=0); CAE_EPOCHS trains cae_3d
+# for that many epochs of 50 steps (default 100, i.e. 5,000 steps).
 # SMOKE=1 runs every step at a CPU budget (tiny sizes and epochs) to check the pipeline; its numbers
 # mean nothing.
 set -euo pipefail
@@ -36,7 +38,7 @@ BUDGET_S=${BUDGET_S:-500}
 DATA=${DATA:-data/demo}
 PY=${PYTHON:-python3}
 BUILD="$PWD/build/gpu_3d_models${SMOKE:+_smoke}"
-CAE_SIZE="[160,64,64]"; CAE_OVER=(); GAN3D=(); GAN2D=(); E3=20; E2=20; EL2=250
+CAE_SIZE="[160,64,64]"; CAE_OVER=(); [ -n "${CAE_EPOCHS:-}" ] && CAE_OVER=(--override "max_epochs=$CAE_EPOCHS"); GAN3D=(); GAN2D=(); E3=20; E2=20; EL2=250
 if [ -n "${SMOKE:-}" ]; then
   CAE_OVER=(--override epoch_length=2 --override max_epochs=2)  # compare loads with the bundle's img_size
   GAN3D=(--g_channels "[16,8,4]" --d_channels "[4,8,16]" --img_size 32 --epoch_length 10 --quality_samples 4 --grid_samples 4)
@@ -123,10 +125,15 @@ run_all() {
     gan wgan_gp_2d "$E2" --epoch_length $(( 5 * EL2 )) --state_interval 2 "${GAN2D[@]}" &
     wait
   else
-    cae
-    gan wgan_gp_3d "$E3" "${GAN3D[@]}"                                    # its default: 20 x 100 updates
-    gan dcgan_2d "$E2" --epoch_length "$EL2" --state_interval 2 "${GAN2D[@]}"          # S1's: 20 x 250 updates
-    gan wgan_gp_2d "$E2" --epoch_length $(( 5 * EL2 )) --state_interval 2 "${GAN2D[@]}"  # 5 critic steps each
+    for step in ${ONLY:-cae_3d wgan_gp_3d dcgan_2d wgan_gp_2d}; do  # ONLY: these steps, in this order
+      case $step in
+        cae_3d) cae ;;
+        wgan_gp_3d) gan wgan_gp_3d "$E3" "${GAN3D[@]}" ;;                                  # its default: 20 x 100 updates
+        dcgan_2d) gan dcgan_2d "$E2" --epoch_length "$EL2" --state_interval 2 "${GAN2D[@]}" ;;        # S1's: 20 x 250 updates
+        wgan_gp_2d) gan wgan_gp_2d "$E2" --epoch_length $(( 5 * EL2 )) --state_interval 2 "${GAN2D[@]}" ;;  # 5 critic steps each
+        *) echo "ONLY: unknown step $step" >&2; exit 2 ;;
+      esac
+    done
   fi
 }
 run_all
