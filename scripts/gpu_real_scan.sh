@@ -27,11 +27,12 @@ if $PY -c "import mlflow" 2>/dev/null; then MLF=True; else MLF=False; fi
   git rev-parse HEAD 2>/dev/null || true; } | tee "$OUT/env.txt"
 t0=$(date +%s)
 $PY - <<'PY'
-import os, mriae.data as d
+import os
+from mriae.prepare.pipeline import ensure_datalist
 from monai.bundle import ConfigParser
 plan = ConfigParser.load_config_file("bundles/res_unet/configs/train.json")["plan"]
 for name in os.environ.get("DATASETS", "demo-heads").split():
-    print("datalist", d.ensure_datalist(f"data/{name}", plan, workers=16))
+    print("datalist", ensure_datalist(f"data/{name}", plan, workers=16))
 PY
 echo "data ready in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 specs=()
