@@ -17,7 +17,7 @@ import torch
 
 from mriae import repo_root
 from mriae.config import bundle_config, parse_overrides
-from mriae.data.corruption import SEVERITIES, conditions
+from mriae.data.corruption import CORRUPTION_SEED, SEVERITIES, conditions
 from mriae.compare.baselines import make_baselines
 from mriae.compare.run import (
     S4_MODELS,
@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-max-slices-per-subject", type=int, help="test slices per subject (default all)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="for every bundle")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=CORRUPTION_SEED,
+        help="seed of the corrupted test slices (the one validation and evaluate.json use) and of the bootstrap",
+    )
     p.add_argument("--jobs", type=int, default=1, help="bundles trained at the same time (one process each)")
     p.add_argument("--retrain", action="store_true", help="train even when a checkpoint exists")
     p.add_argument("--in-place", action="store_true", help="use bundles/<name>/models/model.pt as trained")

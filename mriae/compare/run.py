@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from mriae import repo_root
-from mriae.data.corruption import Corruption
+from mriae.data.corruption import CORRUPTION_SEED, Corruption, corrupt_items
 from mriae.config import bundle_config, bundle_files, parse_value
 from mriae.errors import InputError, MissingFileError
 from mriae.evaluate.metrics import METRICS, slice_metrics
@@ -92,17 +92,16 @@ def parse_spec(text: str) -> ModelSpec:
 
 
 def corrupt_all(
-    images: torch.Tensor, corruption: Corruption | None, seed: int, batch: int = 256
+    images: torch.Tensor,
+    corruption: Corruption | None,
+    seed: int = CORRUPTION_SEED,
+    keys: Sequence[Sequence] | None = None,
 ) -> torch.Tensor:
-    """The corrupted test set of one condition: CPU, fixed batches, one seeded generator."""
-    if corruption is None:
-        return images.clone()
-    g = torch.Generator().manual_seed(seed)
-    return torch.cat([corruption(images[i : i + batch], generator=g) for i in range(0, len(images), batch)])
-
-
-def condition_seed(seed: int, name: str) -> int:
-    return seed * 1_000_003 + zlib.crc32(name.encode())
+    """The corrupted test set of one condition: every slice by ``corrupt_items`` under its key
+    (``(subject, slice)``; its row number when ``keys`` is None), so it is the image validation and
+    evaluate.json give that slice under that condition."""
+    keys = [(i,) for i in range(len(images))] if keys is None else keys
+    return corrupt_items(corruption, images, keys, seed)
 
 
 def train_model(
@@ -181,8 +180,8 @@ class _OnCorruptedVolumes(torch.nn.Module):
 
     Per test subject, its prepared volume (the cache the test slices were cut from) is rebuilt with
     the test slices replaced by the corrupted slices every 2D entry gets, and its other slices (those
-    the relevance filter left out of the test set) corrupted by the same condition with a generator of
-    their own; ``_run(volume)`` turns that volume into the prediction on the prepared grid, whose
+    the relevance filter left out of the test set) corrupted by the same condition under their own keys
+    (``corrupt_items``, ``(subject, slice)``); ``_run(volume)`` turns that volume into the prediction on the prepared grid, whose
     rows at the test slices are the result. Call ``wrapper.predict(x, subjects, slices, corruption,
     seed, device)``; ``x`` holds the corrupted test slices in the test set's order."""
 
@@ -216,15 +215,15 @@ class _OnCorruptedVolumes(torch.nn.Module):
         rows: dict[str, list[int]] = {}
         for i, s in enumerate(subjects):
             rows.setdefault(s, []).append(i)
-        g = torch.Generator().manual_seed(int(seed))
-        for sid in sorted(rows):  # one generator, subjects in a fixed order
+        for sid in sorted(rows):
             vol = self.volumes[sid].clone()
             r = torch.as_tensor(rows[sid])
             z = torch.as_tensor([int(slices[i]) for i in rows[sid]])
             rest = torch.ones(len(vol), dtype=torch.bool)
             rest[z] = False
             if corruption is not None and bool(rest.any()):
-                vol[rest] = corruption(vol[rest][:, None], generator=g)[:, 0]
+                keys = [(sid, int(k)) for k in torch.nonzero(rest)[:, 0]]
+                vol[rest] = corrupt_items(corruption, vol[rest][:, None], keys, seed)[:, 0]
             vol[z] = x[r, 0].float()
             out[r, 0] = self._run(vol, device)[z]
         return out
@@ -326,9 +325,9 @@ def evaluate(
     ssim = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=11, kernel_sigma=1.5)
     frames, grid = [], {}
     for cname, corr in conds.items():
-        x = corrupt_all(images, corr, condition_seed(seed, cname))
+        x = corrupt_all(images, corr, seed, list(zip(subjects, slices)))
         outs = {
-            label: net.predict(x, subjects, slices, corr, condition_seed(seed, cname) + 1, device)
+            label: net.predict(x, subjects, slices, corr, seed, device)
             if isinstance(net, _OnCorruptedVolumes)
             else _predict(net, x, device)
             for label, net in models.items()

@@ -23,13 +23,26 @@ repeatable from a seed. Works for ``spatial_dims`` 2 and 3 (inferred from the te
 
 from __future__ import annotations
 
+import json
 import math
+import zlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Corruption", "Augmentation", "gaussian_kernel1d", "SEVERITIES", "conditions", "EVALUATED", "eval_conditions"]
+__all__ = [
+    "Corruption",
+    "Augmentation",
+    "gaussian_kernel1d",
+    "SEVERITIES",
+    "conditions",
+    "EVALUATED",
+    "eval_conditions",
+    "CORRUPTION_SEED",
+    "item_seed",
+    "corrupt_items",
+]
 
 
 def _range(value: float | Sequence[float]) -> tuple[float, float]:
@@ -325,6 +338,39 @@ class Augmentation:
             amount = Corruption._uniform(self.texture_range, b, g, x).view(view)
             x = (x * (1 + amount * field)).clamp_min(0)
         return x.contiguous()
+
+
+# The one seed of every evaluation's corrupted inputs: validation during training, a bundle's
+# evaluate.json and the compare all corrupt an item with ``corrupt_items`` from this seed
+CORRUPTION_SEED = 12345
+
+
+def item_seed(seed: int, corruption: Corruption, key: Sequence) -> int:
+    """Seed of one item's corruption, fixed by ``seed``, the corruption's settings and the item's key
+    (e.g. ``(subject, slice)``): not by the batch it comes in, its position, the device or the
+    condition's name."""
+    text = json.dumps([corruption.config(), [str(k) for k in key]], sort_keys=True)
+    return (int(seed) * 1_000_003 + zlib.crc32(text.encode())) % (2**63 - 1)
+
+
+def corrupt_items(
+    corruption: Corruption | None, images: torch.Tensor, keys: Sequence[Sequence], seed: int = CORRUPTION_SEED
+) -> torch.Tensor:
+    """``images`` (B, C, *spatial), each corrupted on the CPU with a generator of its own seeded by
+    ``item_seed(seed, corruption, keys[i])``, returned on ``images``' device as float32. The same item
+    under the same condition gets the same corrupted image wherever it is scored (validation,
+    evaluate.json, compare), in any batch and on any device; all C channels of an item (a stack of
+    neighbouring slices) are corrupted together, as one training item is."""
+    x = images.detach().float().cpu()
+    if len(keys) != len(x):
+        raise ValueError(f"corrupt_items: {len(keys)} keys for {len(x)} images")
+    if corruption is None:
+        return x.clone().to(images.device)
+    out = torch.empty_like(x)
+    for i, key in enumerate(keys):
+        g = torch.Generator().manual_seed(item_seed(seed, corruption, key))
+        out[i : i + 1] = corruption(x[i : i + 1], generator=g)
+    return out.to(images.device)
 
 
 SEVERITIES = {

@@ -24,7 +24,7 @@ from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
 from mriae.files import atomic_torch_save, atomic_write_text
-from mriae.data.corruption import Corruption
+from mriae.data.corruption import CORRUPTION_SEED, Corruption, corrupt_items
 
 __all__ = [
     "AutocastInferer",
@@ -96,35 +96,54 @@ class ReconstructionEvaluator(SupervisedEvaluator):
     input is always evaluated as ``"clean"``. With ``context`` k the batch holds stacks of ``2k + 1``
     neighbouring slices: all of them are corrupted, the target is the clean centre slice. Output keys per iteration: ``label`` (clean target),
     ``pred`` (reconstruction of the clean input), ``input_<name>`` and ``pred_<name>`` for each
-    condition, plus ``subject`` and ``slice`` from the batch. The corruption generator is reseeded at
-    every run, so every epoch validates on exactly the same corrupted images.
+    condition, plus ``subject`` and ``slice`` from the batch. Each item is corrupted by
+    ``mriae.data.corruption.corrupt_items`` (its own CPU generator, seeded by ``corruption_seed``, the
+    condition's settings and the item's subject and slice), so every epoch validates on exactly the
+    same corrupted images, and they are the ones evaluate.json and the compare score for the same
+    slices and condition. The corrupted items are kept on the device after the first run while they
+    take less than ``cache_bytes``.
     """
 
     def __init__(
         self,
         *args,
         conditions: Mapping[str, Corruption] | None = None,
-        corruption_seed: int = 12345,
+        corruption_seed: int = CORRUPTION_SEED,
         context: int = 0,
+        cache_bytes: int = 4 * 2**30,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.conditions = dict(conditions or {})
-        self.corruption_seed = corruption_seed
+        self.corruption_seed = int(corruption_seed)
         self.context = int(context)
-        self._cgen: torch.Generator | None = None
-        self.add_event_handler(Events.STARTED, self._reseed)
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict[tuple, torch.Tensor] = {}
+        self._cached_bytes = 0
 
-    def _reseed(self, _engine=None) -> None:
-        self._cgen = None  # recreated (seeded) on the batch's device at the first iteration
+    def _corrupted(self, name: str, corruption: Corruption, clean: torch.Tensor, batchdata: Mapping) -> torch.Tensor:
+        subjects, slices = batchdata.get("subject"), batchdata.get("slice")
+        if subjects is None or slices is None:
+            raise ValueError(
+                "ReconstructionEvaluator: batches need 'subject' and 'slice' to seed their corruption "
+                "(DeviceBatchLoader: with_ids=True)"
+            )
+        slices = slices.tolist() if isinstance(slices, torch.Tensor) else list(slices)
+        keys = [(str(s), int(z)) for s, z in zip(subjects, slices)]
+        hit = [self._cache.get((name, *k)) for k in keys]
+        if all(h is not None and h.shape == clean.shape[1:] for h in hit):
+            return torch.stack(hit)
+        x = corrupt_items(corruption, clean, keys, self.corruption_seed)
+        if self._cached_bytes + x.numel() * x.element_size() <= self.cache_bytes:
+            self._cache.update({(name, *k): x[i] for i, k in enumerate(keys)})
+            self._cached_bytes += x.numel() * x.element_size()
+        return x
 
     def _iteration(self, engine: Engine, batchdata: dict) -> dict:
         clean = batchdata[CommonKeys.IMAGE].to(engine.state.device, non_blocking=engine.non_blocking)
-        if self._cgen is None or self._cgen.device != clean.device:
-            self._cgen = torch.Generator(device=clean.device).manual_seed(self.corruption_seed)
         inputs = {"clean": clean}
-        for name, corruption in self.conditions.items():
-            inputs[name] = corruption(clean, generator=self._cgen)  # every context slice is corrupted
+        for name, corruption in self.conditions.items():  # every context slice is corrupted
+            inputs[name] = self._corrupted(name, corruption, clean.float(), batchdata).to(clean.dtype)
         k = self.context
         centre = (lambda t: t[:, k : k + 1]) if k else (lambda t: t)
         target = centre(clean)
