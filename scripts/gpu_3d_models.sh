@@ -3,7 +3,7 @@
 # DCGAN collapse question), on the demo cohort, within one time budget, in this order of priority (PARALLEL=0, the default and what was measured; PARALLEL=1 runs all four at once on the one GPU, checked only on CPU with SMOKE=1):
 #
 #   1. cae_3d with its default recipe (GroupNorm, dense code layer at lr 5e-6, random affine
-#      augmentation, 5,000 steps), trained and scored by scripts/compare.py (17 conditions, identity and
+#      augmentation, 15,000 steps), trained and scored by scripts/compare.py (17 conditions, identity and
 #      gaussian baselines), then `python -m mriae.tools.latent_check` on the test and training volumes, and
 #      the training mean volume scored on the same test slices (the mean-volume baseline);
 #   2. wgan_gp_3d with its default recipe (2,000 generator updates, quality every 100);
@@ -15,7 +15,7 @@
 # stop at an epoch boundary when their share is spent (StopAfter) and keep their whole training state
 # in build/gpu_3d_models/<bundle>/models/state.pt; running the SAME command again on the same machine
 # skips what is done and continues them (--resume True) until OUTDIR/summary.json says "done": true
-# (measured on the H200 with the models in turn, PARALLEL=0: cae_3d 157 s with its compare, wgan_gp_3d
+# (measured on the H200 with the models in turn, PARALLEL=0: cae_3d 157 s with its compare at 5,000 steps (426 s at 15,000), wgan_gp_3d
 # 304 s for 2,000 updates, dcgan_2d 125 s for 5,000, wgan_gp_2d about 600 s for 5,000: three commands
 # of about 500 s; docs/results_gans.md). Each command writes at
 # most 8 files into OUTDIR:
@@ -26,7 +26,8 @@
 # bundles/res_unet/models/model.pt onto the GPU machine; without it the fixed
 # random-init encoder is used and summary.json says so. DATA (default data/demo) is built on first use.
 # ONLY (e.g. "wgan_gp_2d cae_3d") runs these steps in this order (PARALLEL=0); CAE_EPOCHS trains cae_3d
-# for that many epochs of 50 steps (default 100, i.e. 5,000 steps).
+# for that many epochs of 50 steps (default: the bundle's 300, i.e. 15,000 steps; about 430 s with its
+# compare on the H200).
 # SMOKE=1 runs every step at a CPU budget (tiny sizes and epochs) to check the pipeline; its numbers
 # mean nothing.
 set -euo pipefail
