@@ -24,7 +24,6 @@ that returns one image whatever its noise has ``gen_spread`` 0.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -37,6 +36,7 @@ from monai.metrics import MMDMetric
 from monai.metrics.regression import compute_ms_ssim
 
 from mriae.figures.gan import middle_planes
+from mriae.files import sha256_file
 
 __all__ = [
     "MSSSIM_WEIGHTS",
@@ -136,7 +136,7 @@ class AEFeatures(torch.nn.Module):
                 self.source += f"; {Path(weights).name} not used (not S4's single-slice autoencoder: {e})"
                 logging.getLogger("mriae.evaluate.gan_quality").warning("GAN feature space: %s", self.source)
             else:
-                digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
+                digest = sha256_file(weights)[:12]
                 self.source = f"trained ResUNetAE encoder ({Path(weights).name}, sha256 {digest})"
         self.encoder = torch.nn.Sequential(ae.stem, ae.stage2, ae.stage3).eval().requires_grad_(False)
         self.img_size = img_size

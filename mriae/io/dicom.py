@@ -32,8 +32,12 @@ from mriae.errors import InputError
 __all__ = [
     "DicomSeriesReader",
     "VolumeReadError",
+    "check_geometry",
+    "decimal_string",
     "find_dicom_series",
     "is_dicom_dir",
+    "scan_series",
+    "slice_pixels",
     "write_dicom_series",
 ]
 
@@ -85,7 +89,7 @@ def _read_header(path: Path) -> Dataset | None:
     return ds if "SeriesInstanceUID" in ds and "Rows" in ds and "Columns" in ds else None
 
 
-def _scan(root: str | Path) -> dict[str, list[tuple[Path, Dataset]]]:
+def scan_series(root: str | Path) -> dict[str, list[tuple[Path, Dataset]]]:
     """Headers of all image DICOM files under ``root`` (recursively), grouped by series key."""
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     for f in sorted(Path(root).rglob("*")):
@@ -105,7 +109,7 @@ def find_dicom_series(root: str | Path) -> dict[str, list[Path]]:
     Returns:
         ``{series_key: [files sorted by path]}`` with keys from :func:`series_key`.
     """
-    return {k: [f for f, _ in v] for k, v in _scan(root).items()}
+    return {k: [f for f, _ in v] for k, v in scan_series(root).items()}
 
 
 def is_dicom_dir(path: str | Path) -> bool:
@@ -137,7 +141,7 @@ class DicomSeries:
         return LPS_TO_RAS @ self.affine_lps
 
 
-def _check_geometry(root: str, items: list[tuple[Path, Dataset]]) -> tuple[list[Path], np.ndarray]:
+def check_geometry(root: str, items: list[tuple[Path, Dataset]]) -> tuple[list[Path], np.ndarray]:
     """Validate one series and return its files sorted along the slice normal and its LPS affine."""
     first = items[0][1]
     for _, ds in items:
@@ -220,7 +224,7 @@ def _check_spacing(root: str, pos: np.ndarray, instances: Sequence) -> float:
     return dz
 
 
-def _slice_pixels(root: str, path: Path, shape: tuple[int, int]) -> np.ndarray:
+def slice_pixels(root: str, path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Rescaled pixels of one slice, transposed to (columns, rows) = (axis 0, axis 1)."""
     ds = pydicom.dcmread(path)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -242,7 +246,7 @@ class DicomSeriesReader(ImageReader):
     Usage: ``LoadImage(reader=DicomSeriesReader(), image_only=True, ensure_channel_first=True)(folder)``.
     Array axes follow the affine: axis 0 along ImageOrientationPatient[:3] (column index), axis 1 along
     ImageOrientationPatient[3:] (row index), axis 2 in increasing position along the slice normal.
-    Rescale slope/intercept are applied. Series are validated (see ``_check_geometry``), and failures raise
+    Rescale slope/intercept are applied. Series are validated (see ``check_geometry``), and failures raise
     :class:`VolumeReadError` (note that ``LoadImage`` wraps reader errors unless the reader is passed at
     call time, ``loader(folder, reader=r)``, as :func:`mriae.io.load_volume` does).
 
@@ -268,7 +272,7 @@ class DicomSeriesReader(ImageReader):
         root = str(names[0])
         if not Path(root).is_dir():
             raise read_error(root, "not a directory; pass the folder that holds the DICOM series")
-        groups = _scan(root)
+        groups = scan_series(root)
         if not groups:
             raise read_error(root, "no DICOM image files found")
         listing = "; ".join(_describe(k, v) for k, v in groups.items())
@@ -277,7 +281,7 @@ class DicomSeriesReader(ImageReader):
         key = self.series if self.series is not None else next(iter(groups))
         if key not in groups:
             raise read_error(root, f"no series {key!r}; available: {listing}")
-        files, affine = _check_geometry(root, groups[key])
+        files, affine = check_geometry(root, groups[key])
         desc = str(groups[key][0][1].get("SeriesDescription", "") or "")
         return DicomSeries(root=root, key=key, description=desc, files=files, affine_lps=affine)
 
@@ -285,7 +289,7 @@ class DicomSeriesReader(ImageReader):
         """Decode the slices into an (X, Y, Z) float32 array and build identifier-free metadata."""
         hdr = pydicom.dcmread(img.files[0], stop_before_pixels=True)
         shape = (int(hdr.Rows), int(hdr.Columns))
-        data = np.stack([_slice_pixels(img.root, f, shape) for f in img.files], axis=-1).astype(np.float32)
+        data = np.stack([slice_pixels(img.root, f, shape) for f in img.files], axis=-1).astype(np.float32)
         affine = img.affine_ras
         meta = {
             MetaKeys.AFFINE: affine.copy(),
@@ -302,7 +306,7 @@ class DicomSeriesReader(ImageReader):
         return data, meta
 
 
-def _ds(x: float) -> DSfloat:
+def decimal_string(x: float) -> DSfloat:
     """A float as a valid (16-character) DICOM decimal string."""
     return DSfloat(float(x), auto_format=True)
 
@@ -379,16 +383,16 @@ def write_dicom_series(
         ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = modality, "mriae", 1, k + 1
         ds.SeriesDescription, ds.ImageType = series_description, [str(t) for t in image_type]
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "RM", "NONE", "", "3D"
-        ds.ImagePositionPatient = [_ds(v) for v in ipp]
-        ds.ImageOrientationPatient = [_ds(v) for v in (*row, *col)]
-        ds.PixelSpacing = [_ds(steps[1]), _ds(steps[0])]  # [between rows, between columns]
-        ds.SliceThickness = ds.SpacingBetweenSlices = _ds(steps[2])
-        ds.SliceLocation = _ds(ipp @ normal)
+        ds.ImagePositionPatient = [decimal_string(v) for v in ipp]
+        ds.ImageOrientationPatient = [decimal_string(v) for v in (*row, *col)]
+        ds.PixelSpacing = [decimal_string(steps[1]), decimal_string(steps[0])]  # [between rows, between columns]
+        ds.SliceThickness = ds.SpacingBetweenSlices = decimal_string(steps[2])
+        ds.SliceLocation = decimal_string(ipp @ normal)
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(slope), _ds(intercept), "US"
-        ds.WindowCenter, ds.WindowWidth = _ds(centre), _ds(max(float(vol.max() - vol.min()), 1.0))
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = decimal_string(slope), decimal_string(intercept), "US"
+        ds.WindowCenter, ds.WindowWidth = decimal_string(centre), decimal_string(max(float(vol.max() - vol.min()), 1.0))
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (

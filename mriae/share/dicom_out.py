@@ -50,7 +50,14 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRIm
 
 from mriae.errors import InputError, MissingFileError
 from mriae.files import atomic_write
-from mriae.io.dicom import LPS_TO_RAS, VolumeReadError, _check_geometry, _ds, _scan, _slice_pixels
+from mriae.io.dicom import (
+    LPS_TO_RAS,
+    VolumeReadError,
+    check_geometry,
+    decimal_string,
+    scan_series,
+    slice_pixels,
+)
 
 __all__ = [
     "SelectedSeries",
@@ -166,7 +173,7 @@ def _rejection(items: list[tuple[Path, Dataset]], min_slices: int) -> tuple[str 
     if len(items) < min_slices:
         return f"only {len(items)} slice(s), fewer than {min_slices}", items, None
     try:
-        files, affine = _check_geometry("geometry", items)
+        files, affine = check_geometry("geometry", items)
     except VolumeReadError as e:
         return _one_line(str(e).split(": ", 1)[-1]), items, None
     by_file = {f: ds for f, ds in items}
@@ -205,7 +212,7 @@ def select_series(study_dir: str | Path, series_uid: str | None = None, min_slic
         raise MissingFileError(f"{root}: study folder does not exist")
     if not root.is_dir():
         raise read_error(root, "not a folder; pass the folder that holds the DICOM study")
-    groups = _scan(root)
+    groups = scan_series(root)
     if not groups:
         raise read_error(root, "no DICOM image files found")
     candidates: list[SelectedSeries] = []
@@ -264,7 +271,7 @@ def series_volume(sel: SelectedSeries) -> tuple[np.ndarray, np.ndarray]:
         InputError: a slice without pixel data, undecodable, or of the wrong size.
     """
     _, rows, cols = sel.shape
-    slices = [_slice_pixels(str(sel.study_dir), f, (rows, cols)).T for f in sel.files]
+    slices = [slice_pixels(str(sel.study_dir), f, (rows, cols)).T for f in sel.files]
     return np.stack(slices).astype(np.float32), sel.affine_lps.copy()
 
 
@@ -414,14 +421,14 @@ def _stored_scaling(sel: SelectedSeries, vol: np.ndarray) -> tuple[np.dtype, flo
                 return dtype, slope, intercept
     span = float(info.max) - float(info.min)
     slope = (hi - lo) / span if hi > lo else 1.0
-    slope = float(_ds(slope))
+    slope = float(decimal_string(slope))
     if slope <= 0:
         slope = 1.0
-    intercept = float(_ds(lo - float(info.min) * slope))
+    intercept = float(decimal_string(lo - float(info.min) * slope))
     # DS rounding of slope/intercept may push the extremes one step out: shrink until both fit
     while (hi - intercept) / slope > info.max + 0.5 or (lo - intercept) / slope < info.min - 0.5:
-        slope = float(_ds(slope * (1 + 1e-6)))
-        intercept = float(_ds(lo - float(info.min) * slope))
+        slope = float(decimal_string(slope * (1 + 1e-6)))
+        intercept = float(decimal_string(lo - float(info.min) * slope))
     return dtype, slope, intercept
 
 
@@ -568,8 +575,8 @@ def write_derived_series(
         ds.Rows, ds.Columns = sel.shape[1], sel.shape[2]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelRepresentation = 0 if dtype == np.uint16 else 1
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(slope), _ds(intercept), "US"
-        ds.WindowCenter, ds.WindowWidth = _ds(centre), _ds(width)
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = decimal_string(slope), decimal_string(intercept), "US"
+        ds.WindowCenter, ds.WindowWidth = decimal_string(centre), decimal_string(width)
         ds.BurnedInAnnotation = "NO"
         ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         ds.file_meta = FileMetaDataset()
