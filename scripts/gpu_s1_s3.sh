@@ -2,6 +2,7 @@
 # Train and evaluate the S1-S3 bundles (cae_2d, cae_3d, conv_ae, ae_2d, vae_2d) on the demo cohort with
 # each seed's full recipe on one GPU, run S3's sweep on ae_2d, and collect the results into OUTDIR:
 #   <bundle>_summary.json (test PSNR / SSIM / MSE, clean and Gaussian noise 0.03), <bundle>_history.json,
+#   conv_ae_pooled_psnr.json (S2's pooled-MSE PSNR beside ours, with and without the padding),
 #   <bundle>_depth_figures/ (cae_3d), sweep_ae_2d/{trials.json,best_overrides.json}, timings.tsv, env.txt.
 #
 #   bash scripts/gpu_s1_s3.sh /tmp/s1s3_gpu
@@ -43,6 +44,9 @@ for b in $BUNDLES; do
   cp "bundles/$b/models/model.json" "$OUT/${b}_checkpoint.json"
   [ -d "bundles/$b/outputs/training/depth_figures" ] && cp -r "bundles/$b/outputs/training/depth_figures" "$OUT/${b}_depth_figures"
   [ -d "bundles/$b/eval/figures" ] && cp -r "bundles/$b/eval/figures" "$OUT/${b}_figures"
+  if [ "$b" = conv_ae ]; then  # S2's statistic (one pooled MSE) beside ours, with and without the zero padding
+    timed "$b" pooled_psnr $PY -m mriae.evaluate.pooled_psnr --bundle "bundles/$b" --out "$OUT/${b}_pooled_psnr.json" || true
+  fi
 done
 if [[ " $BUNDLES " == *" vae_2d "* ]] && [ -f bundles/vae_2d/models/model.pt ]; then
   timed vae_2d sample $PY -m mriae.tools.vae sample --bundle bundles/vae_2d --n 16 --out "$OUT/vae_2d_generative" --no-mlflow || true

@@ -300,6 +300,19 @@ def test_conv_ae_evaluation_reports_clean_and_noisy_psnr(trained, small_prepared
     assert summ["clean"]["psnr"]["mean"] > black + 3, (summ["clean"]["psnr"]["mean"], black)
     assert abs(summ["clean"]["psnr"]["mean"] - summ["noise"]["psnr"]["mean"]) < 1.6
     assert len(list((root / "eval/figures").glob("*.png"))) == n_test
+    # S2's statistic (PSNR of one pooled MSE) beside ours, over the padded image and without the padding
+    from mriae.evaluate.pooled_psnr import evaluate_bundle
+
+    pooled = evaluate_bundle(root, trained["dataset_dir"], {"n_slices": 3})
+    assert pooled["n_slices"] == 3 * n_test and 0.3 < pooled["padding_fraction"] < 0.6
+    for cond in ("clean", "noise"):
+        row = pooled["conditions"][cond]
+        assert abs(row["mean_psnr_padded"] - summ[cond]["psnr"]["mean"]) < 1e-3  # evaluate.json's own number
+        # slices of equal size: the mean of per-slice PSNRs is never below the pooled PSNR (Jensen)
+        assert row["pooled_psnr_padded"] <= row["mean_psnr_padded"] + 1e-4
+    noise = pooled["conditions"]["noise"]
+    assert abs(noise["input_mean_psnr_padded"] - summ["noise"]["input_psnr"]["mean"]) < 1e-3
+    assert abs(noise["input_pooled_psnr_unpadded"] - noise["input_pooled_psnr_padded"]) < 0.1  # noise is everywhere
 
 
 @pytest.mark.slow

@@ -153,6 +153,7 @@ class CoronalSlabDataset(IndexedSlices):
         # the zero padding stays zero only when lo == 0 (true for prepared data, scaled to [0, 1])
         self.images = ((imgs - lo) / max(hi - lo, 1e-8)).clamp_(0, 1)
         self.index = index
+        self.records, self.root = recs, root
         self.preprocessing = dl["preprocessing"]
 
 
