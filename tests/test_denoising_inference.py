@@ -85,6 +85,26 @@ def test_slicing_axes_follow_the_training_axes_and_the_voxel_shape():
     assert slicing_axes([0], (0.5, 0.5, 5.0)) == [0]  # a model trained on one axis stays on it
 
 
+def test_flip_ensemble_averages_the_flipped_outputs_and_keeps_an_equivariant_network_exact():
+    from mriae.infer.pipeline import SliceStackInferer
+
+    torch.manual_seed(0)
+    vol = torch.rand(1, 1, 6, 20, 13)  # odd sides: the stride padding is asymmetric
+    conv = torch.nn.Conv2d(3, 1, 3, padding=1, bias=False)  # not flip-equivariant: a random kernel
+    one = SliceStackInferer(context=1, axes=[0], multiple=8)
+    four = SliceStackInferer(context=1, axes=[0], multiple=8, flips=4)
+    with torch.no_grad():
+        y1, y4 = one(vol, conv), four(vol, conv)
+        by_hand = torch.stack([one(vol, lambda x, d=d: conv(x.flip(d)).flip(d) if d else conv(x))
+                               for d in [(), (-1,), (-2,), (-2, -1)]]).mean(0)
+    torch.testing.assert_close(y4, by_hand, atol=1e-6, rtol=0)
+    assert float((y4 - y1).abs().max()) > 1e-3  # the ensemble changes this network's output
+    centre = lambda x: x[:, 1:2]  # an identity network is flip-equivariant: unchanged, exactly
+    assert torch.equal(four(vol, centre), vol)
+    with pytest.raises(ValueError, match="flips"):
+        SliceStackInferer(flips=3)
+
+
 def test_the_plan_travels_weights_run_at_the_spacing_they_were_trained_at(tmp_path):
     s4 = (
         PreprocessConfig().to_dict()

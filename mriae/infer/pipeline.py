@@ -79,6 +79,9 @@ class SliceStackInferer(Inferer):
 
     ``adapt_seconds`` > 0 first fine-tunes a copy of the network on the input itself with a
     self-supervised blind-spot loss (``mriae.infer.adapt``, Noise2Self) for at most that long.
+    ``flips`` > 1 averages the network's output over that many in-plane flips of each stack (2: none
+    and left-right; 4: also up-down and both), undone on the output: a test-time ensemble of the
+    flips the denoiser was trained under, ``flips`` times the network's cost.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class SliceStackInferer(Inferer):
         adapt_seconds: float = 0.0,
         adapt_kwargs: Mapping | None = None,
         progress: bool = False,
+        flips: int = 1,
     ) -> None:
         super().__init__()
         self.context, self.axes = int(context), [int(a) for a in axes]
@@ -101,6 +105,9 @@ class SliceStackInferer(Inferer):
         )
         self.adapt_seconds, self.adapt_kwargs = float(adapt_seconds), dict(adapt_kwargs or {})
         self.progress = progress
+        if int(flips) not in (1, 2, 4):
+            raise ValueError(f"flips={flips}: 1, 2 or 4")
+        self.flips = int(flips)
         self.last_adaptation: dict | None = None
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
@@ -136,6 +143,16 @@ class SliceStackInferer(Inferer):
             stacks = padded[idx[:, None] + torch.arange(2 * k + 1, device=v.device)[None]]  # (b, 2k+1, h, w)
             if ph or pw:
                 stacks = F.pad(stacks, pads, mode=mode)
-            y = network(stacks).float()
+            y = self._ensemble(network, stacks)
             res[s : s + len(idx)] = y[:, 0, pads[2] : pads[2] + h, pads[0] : pads[0] + w]
         return res.movedim(0, axis)
+
+    def _ensemble(self, network: torch.nn.Module, stacks: torch.Tensor) -> torch.Tensor:
+        """The network's output, averaged over ``flips`` in-plane flips of the input (each undone)."""
+        dims = [(), (-1,), (-2,), (-2, -1)][: self.flips]
+        out = None
+        for i, d in enumerate(dims):
+            y = network(stacks.flip(d) if d else stacks).float()
+            y = y.flip(d) if d else y
+            out = y if out is None else out + (y - out) / (i + 1)
+        return out
