@@ -224,7 +224,7 @@ def test_large_files_subsample_slices_and_say_so(volumes, tmp_path):
         assert int(m.group(1)) == keep - 1
 
 
-def test_whole_template_reports_fast_and_small(tmp_path):
+def test_whole_template_report_stays_small(tmp_path):
     import nibabel as nib
     from scipy.ndimage import uniform_filter
 
@@ -240,7 +240,7 @@ def test_whole_template_reports_fast_and_small(tmp_path):
     dt = time.perf_counter() - t
     size = path.stat().st_size
     print(f"181x217x181: {dt:.2f} s, {size / 1e6:.2f} MB")
-    assert dt < 15 and size < 16e6
+    assert size < 16e6  # its speed is a benchmark's business, not a test's
 
 
 def test_bad_inputs_are_refused(volumes, tmp_path):
