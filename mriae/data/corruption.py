@@ -349,7 +349,15 @@ def item_seed(seed: int, corruption: Corruption, key: Sequence) -> int:
     """Seed of one item's corruption, fixed by ``seed``, the corruption's settings and the item's key
     (e.g. ``(subject, slice)``): not by the batch it comes in, its position, the device or the
     condition's name."""
-    text = json.dumps([corruption.config(), [str(k) for k in key]], sort_keys=True)
+    return _item_seed(seed, _settings(corruption), key)
+
+
+def _settings(corruption: Corruption) -> str:
+    return json.dumps(corruption.config(), sort_keys=True)
+
+
+def _item_seed(seed: int, settings: str, key: Sequence) -> int:
+    text = f"[{settings}, {json.dumps([str(k) for k in key])}]"  # json.dumps([config, key], sort_keys=True)
     return (int(seed) * 1_000_003 + zlib.crc32(text.encode())) % (2**63 - 1)
 
 
@@ -366,9 +374,9 @@ def corrupt_items(
         raise ValueError(f"corrupt_items: {len(keys)} keys for {len(x)} images")
     if corruption is None:
         return x.clone().to(images.device)
-    out = torch.empty_like(x)
+    out, settings = torch.empty_like(x), _settings(corruption)
     for i, key in enumerate(keys):
-        g = torch.Generator().manual_seed(item_seed(seed, corruption, key))
+        g = torch.Generator().manual_seed(_item_seed(seed, settings, key))
         out[i : i + 1] = corruption(x[i : i + 1], generator=g)
     return out.to(images.device)
 

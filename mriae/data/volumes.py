@@ -132,9 +132,10 @@ class CoronalSlabDataset(IndexedSlices):
     ) -> None:
         dl, root, recs = partition_records(datalist, partition, expect, max_subjects)
         pad = ResizeWithPadOrCrop(spatial_size=(pad_to, pad_to), mode="constant")
-        images, index = [], []
+        images, index, self.slice_shapes = [], [], {}
         for rec in recs:
             vol = np.load(root / rec["image"], mmap_mode="r")
+            self.slice_shapes[rec["subject"]] = (int(vol.shape[0]), int(vol.shape[1]))
             depth = vol.shape[2]
             if slab is not None:
                 start, stop = int(slab[0]), int(slab[1])
@@ -153,8 +154,14 @@ class CoronalSlabDataset(IndexedSlices):
         # the zero padding stays zero only when lo == 0 (true for prepared data, scaled to [0, 1])
         self.images = ((imgs - lo) / max(hi - lo, 1e-8)).clamp_(0, 1)
         self.index = index
-        self.records, self.root = recs, root
         self.preprocessing = dl["preprocessing"]
+        self._pad = pad
+
+    def own_pixels(self) -> torch.Tensor:
+        """``(N, 1, S, S)`` bool: each slice's own pixels, not the zero padding around them."""
+        return torch.stack(
+            [torch.as_tensor(self._pad(torch.ones(1, *self.slice_shapes[s]))) > 0.5 for s, _ in self.index]
+        )
 
 
 def random_affines(

@@ -24,10 +24,15 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import SSIMMetric
 
-__all__ = ["ReconstructionMetrics", "slice_metrics", "METRICS"]
+__all__ = ["ReconstructionMetrics", "slice_metrics", "psnr_from_mse", "METRICS"]
 
 METRICS = ("mse", "dssim", "psnr", "ssim")
 logger = logging.getLogger("mriae.evaluate.metrics")
+
+
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB, data range 1) of a mean squared error (tensor of any shape)."""
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 def slice_metrics(
@@ -37,7 +42,7 @@ def slice_metrics(
     pred, target = pred.float(), target.float()
     dims = tuple(range(1, pred.ndim))
     mse = ((pred - target) ** 2).mean(dim=dims)
-    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    psnr = psnr_from_mse(mse)
     ssim = ssim or SSIMMetric(spatial_dims=pred.ndim - 2, data_range=1.0, win_size=11, kernel_sigma=1.5)
     s = ssim._compute_tensor(pred, target).reshape(-1)
     return {

@@ -23,14 +23,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
-__all__ = ["pooled_psnr", "region_masks", "main"]
+from mriae.evaluate.metrics import psnr_from_mse
 
-
-def _psnr(mse: torch.Tensor) -> torch.Tensor:
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+__all__ = ["pooled_psnr", "evaluate_bundle", "main"]
 
 
 def pooled_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
@@ -40,22 +37,7 @@ def pooled_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     m = torch.ones_like(err, dtype=torch.bool) if mask is None else mask.bool()
     per_slice = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
     pooled = (err * m).sum() / m.sum().clamp_min(1)
-    return {"mean_psnr": float(_psnr(per_slice).mean()), "pooled_psnr": float(_psnr(pooled))}
-
-
-def region_masks(dataset) -> torch.Tensor:
-    """``(N, 1, S, S)`` bool: each slice's own pixels (not the zero padding) in a ``CoronalSlabDataset``,
-    padded exactly as the dataset pads its slices."""
-    from monai.transforms import ResizeWithPadOrCrop
-
-    side = int(dataset.images.shape[-1])
-    pad = ResizeWithPadOrCrop(spatial_size=(side, side), mode="constant")
-    shape = {}
-    for rec in dataset.records:
-        vol = np.load(Path(dataset.root) / rec["image"], mmap_mode="r")
-        shape[rec["subject"]] = (int(vol.shape[0]), int(vol.shape[1]))
-    masks = [torch.as_tensor(pad(torch.ones(1, *shape[s]))) > 0.5 for s, _ in dataset.index]
-    return torch.stack(masks)
+    return {"mean_psnr": float(psnr_from_mse(per_slice).mean()), "pooled_psnr": float(psnr_from_mse(pooled))}
 
 
 @torch.no_grad()
@@ -76,7 +58,7 @@ def evaluate_bundle(root: str | Path, dataset_dir: str | None = None, overrides:
     conds = {"clean": None, **p.get_parsed_content("eval_conditions")}
     seed = int(p.get_parsed_content("validate#evaluator#corruption_seed"))
     target = ds.images
-    mask = region_masks(ds)
+    mask = ds.own_pixels()
     keys = list(ds.index)
     out = {"bundle": str(root), "n_slices": len(ds), "padding_fraction": float(1 - mask.float().mean()),
            "conditions": {}}
