@@ -1,5 +1,7 @@
 """Ignite / MONAI engine pieces the bundles glue together in their configs.
 
+- ``SupervisedTrainer``: MONAI's ``SupervisedTrainer`` without its per-iteration walk over every
+  module to re-enter training mode (only after validation left the network in eval mode).
 - ``CorruptedBatch``: a ``prepare_batch`` for MONAI's ``SupervisedTrainer`` that moves the clean
   batch to the device and corrupts the INPUT there (target stays clean).
 - ``ReconstructionEvaluator``: MONAI's ``SupervisedEvaluator`` that also runs each configured
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator
+from monai.engines import SupervisedTrainer as _MonaiSupervisedTrainer
 from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
@@ -28,6 +32,7 @@ from mriae.data.corruption import CORRUPTION_SEED, Corruption, corrupt_items
 
 __all__ = [
     "AutocastInferer",
+    "SupervisedTrainer",
     "param_groups",
     "CorruptedBatch",
     "ReconstructionEvaluator",
@@ -45,6 +50,35 @@ def seed_everything(seed: int) -> int:
 
     set_determinism(seed=seed)
     return seed
+
+
+class SupervisedTrainer(_MonaiSupervisedTrainer):
+    """MONAI's ``SupervisedTrainer`` (same arguments, events and outputs) that puts the network in
+    training mode only when it is not in it already.
+
+    MONAI calls ``network.train()`` at every iteration: a recursive walk that sets ``training`` on
+    every submodule. For a small network on a GPU the step is bound by the Python time that issues
+    its kernels, and that walk is a few percent of it (docs/performance.md). The mode only changes
+    when validation puts the network (or the module inside DistributedDataParallel) in eval mode,
+    so the walk is done then and skipped otherwise (``network.train`` is shadowed by a no-op for
+    the one iteration; ``eval()`` still works). A submodule that a handler put
+    in eval mode on purpose (frozen batch norm) therefore stays so, where MONAI would undo it."""
+
+    def _iteration(self, engine, batchdata):
+        net = engine.network
+        inner = getattr(net, "module", net)  # DistributedDataParallel keeps its own flag
+        if not (net.training and inner.training):
+            net.train()
+        net.__dict__["train"] = functools.partial(_keep_training, net)  # shadows Module.train
+        try:
+            return super()._iteration(engine, batchdata)
+        finally:
+            net.__dict__.pop("train", None)
+
+
+def _keep_training(net: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    """``net.train`` during a training iteration: nothing to do in training mode; ``eval()`` works."""
+    return net if mode else type(net).train(net, False)
 
 
 class CorruptedBatch:
