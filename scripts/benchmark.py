@@ -7,7 +7,9 @@
 Measured in ONE process on one device, so the figures are ratios of each other:
 - pure:     the same network and batch size stepping on inputs already on the device (upper bound);
 - ours:     the bundle's real training path built from train.json (device-resident slices sampled by
-            index, all four corruptions batched on the device, loss, RMSprop step, MONAI trainer);
+            index, all four corruptions batched on the device, loss, optimiser step, the bundle's
+            trainer, mriae.train.engine.SupervisedTrainer); ours_monai: the same with MONAI's own
+            SupervisedTrainer decollating every batch (the bundles' trainer before);
 - standard: a standard MONAI pipeline: per-sample dictionary transforms for slicing and corruption
             (MONAI RandGaussianNoised / RandCoarseDropoutd / RandGaussianSmoothd + pixel dropout),
             DataLoader with worker processes, the same network and trainer;
@@ -60,7 +62,6 @@ def bundle_parser(args, **overrides):
             p[key] = getattr(args, key)
         elif getattr(args, key):
             raise SystemExit(f"bundle {args.bundle} has no '{key}' option")
-    p["train#trainer#decollate"] = False
     p["train#handlers"] = ["@train#history"]  # no validation, progress bar or tracking inside the timing
     p["output_dir"] = tempfile.mkdtemp()
     for k, v in overrides.items():
@@ -81,7 +82,8 @@ def time_trainer(trainer, device, iters: int, warmup: int) -> float:
             sync(device)
             marks["t0"] = time.perf_counter()
         elif it > warmup:
-            marks["n"] += int(engine.state.batch["image"].shape[0])
+            batch = engine.state.batch  # a list of items where the trainer decollates
+            marks["n"] += len(batch) if isinstance(batch, list) else int(batch["image"].shape[0])
         if it >= warmup + iters:
             engine.terminate()
 
@@ -102,8 +104,12 @@ class _Tiled:
         return self.n
 
 
-def build_ours(args):
-    p = bundle_parser(args)
+# MONAI's own trainer as the bundles used it before mriae.train.engine.SupervisedTrainer (--only ours_monai)
+MONAI_TRAINER = {"train#trainer#_target_": "SupervisedTrainer", "train#trainer#decollate": True}
+
+
+def build_ours(args, **overrides):
+    p = bundle_parser(args, **overrides)
     device = p.get_parsed_content("device")
     trainer = p.get_parsed_content("train#trainer")
     ds = trainer.data_loader.dataset
@@ -166,16 +172,18 @@ def bench_pure(args) -> tuple[float, list[float]]:
     return median_rate(pure_runner(args), args.repeats)
 
 
-def bench_pure_and_ours(args) -> tuple[list[float], list[float]]:
-    """Pure and ours timed in turn, ``args.repeats`` times each: a slower spell of the machine (a
-    busy neighbour, a clock change) then hits both alike, and each ratio compares neighbours."""
+def bench_pure_and_ours(args, variants=({},)) -> tuple[list[float], list[list[float]]]:
+    """Pure and ours (one run per bundle-override dict of ``variants``) timed in turn,
+    ``args.repeats`` times each: a slower spell of the machine (a busy neighbour, a clock change)
+    then hits all alike, and each ratio compares neighbours."""
     run_pure = pure_runner(args)
-    pure, ours = [], []
+    pure, ours = [], [[] for _ in variants]
     for _ in range(args.repeats):
         pure.append(run_pure())
-        trainer, device, _ = build_ours(args)
-        ours.append(time_trainer(trainer, device, args.iters, args.warmup))
-        del trainer
+        for runs, over in zip(ours, variants):
+            trainer, device, _ = build_ours(args, **over)
+            runs.append(time_trainer(trainer, device, args.iters, args.warmup))
+            del trainer
     return pure, ours
 
 
@@ -337,7 +345,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmark.json")
     ap.add_argument("--only", default="pure,ours,standard,infer,prepare",
-                    help="comma list of pure, ours, ours_graph (ours again with --cuda-graph toggled), standard, infer, prepare")
+                    help="comma list of pure, ours, ours_monai (with pure and ours: ours with MONAI's own decollating trainer), ours_graph (ours again with --cuda-graph toggled), standard, infer, prepare")
     ap.add_argument("--dataset-dir", default=str(REPO / "data" / "demo"))
     ap.add_argument("--bundle", default="res_unet", help="bundle whose training path is measured (res_unet, cae_3d, ...)")
     ap.add_argument("--batch-size", type=int, default=256)
@@ -382,10 +390,14 @@ def main(argv=None) -> int:
                  "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
                  "prefetch": args.prefetch, "cuda_graph": args.cuda_graph}
     if {"pure", "ours"} <= only:  # in turn, ratio of neighbours
-        res["pure_runs"], res["ours_runs"] = bench_pure_and_ours(args)
+        names = ["ours"] + (["ours_monai"] if "ours_monai" in only else [])
+        res["pure_runs"], runs = bench_pure_and_ours(args, [{}, MONAI_TRAINER][: len(names)])
         res["pure_slices_per_s"] = statistics.median(res["pure_runs"])
-        res["ours_slices_per_s"] = statistics.median(res["ours_runs"])
-        res["ours_over_pure_runs"] = [o / p for o, p in zip(res["ours_runs"], res["pure_runs"])]
+        for name, r in zip(names, runs):
+            res[f"{name}_runs"] = r
+            res[f"{name}_slices_per_s"] = statistics.median(r)
+            res[f"{name}_over_pure_runs"] = [o / p for o, p in zip(r, res["pure_runs"])]
+            res[f"{name}_over_pure"] = statistics.median(res[f"{name}_over_pure_runs"])
     elif "pure" in only:
         res["pure_slices_per_s"], res["pure_runs"] = bench_pure(args)
     elif "ours" in only:
@@ -404,8 +416,6 @@ def main(argv=None) -> int:
             res["standard"][str(w)] = {"slices_per_s": rate, "runs": runs}
             if "ours" in only:
                 res["standard"][str(w)]["ours_over_standard"] = res["ours_slices_per_s"] / rate
-    if "pure" in only and "ours" in only:
-        res["ours_over_pure"] = statistics.median(res["ours_over_pure_runs"])
     if "pure" in only and "ours_graph" in only:
         res["ours_toggled_over_pure"] = res["ours_toggled_slices_per_s"] / res["pure_slices_per_s"]
     if "infer" in only:

@@ -64,6 +64,13 @@ def test_trainer_walks_modules_only_after_validation_and_trains_the_same():
         else:
             assert walks == 18 + 12  # MONAI's trainer: at every one of the 18 iterations
         assert "train" not in net.__dict__  # the shadowing is undone after each iteration
+        if cls is SupervisedTrainer:  # not decollated, shaped as if it were: MONAI's from_engine reads it
+            from monai.handlers import from_engine
+
+            out = trainer.state.output
+            assert isinstance(out, list) and len(out) == 1 and out[0]["pred"].shape == (2, 1, 8, 8)
+            loss = from_engine(["loss"], first=True)(out)
+            assert loss.ndim == 0 and float(loss) > 0
     assert torch.equal(weights["SupervisedTrainer"], weights["SupervisedTrainer_monai"])
 
 

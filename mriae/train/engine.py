@@ -1,7 +1,8 @@
 """Ignite / MONAI engine pieces the bundles glue together in their configs.
 
 - ``SupervisedTrainer``: MONAI's ``SupervisedTrainer`` without its per-iteration walk over every
-  module to re-enter training mode (only after validation left the network in eval mode).
+  module to re-enter training mode (only after validation left the network in eval mode), and
+  with an un-decollated output that MONAI's ``from_engine(..., first=True)`` reads.
 - ``CorruptedBatch``: a ``prepare_batch`` for MONAI's ``SupervisedTrainer`` that moves the clean
   batch to the device and corrupts the INPUT there (target stays clean).
 - ``ReconstructionEvaluator``: MONAI's ``SupervisedEvaluator`` that also runs each configured
@@ -62,7 +63,17 @@ class SupervisedTrainer(_MonaiSupervisedTrainer):
     when validation puts the network (or the module inside DistributedDataParallel) in eval mode,
     so the walk is done then and skipped otherwise (``network.train`` is shadowed by a no-op for
     the one iteration; ``eval()`` still works). A submodule that a handler put
-    in eval mode on purpose (frozen batch norm) therefore stays so, where MONAI would undo it."""
+    in eval mode on purpose (frozen batch norm) therefore stays so, where MONAI would undo it.
+
+    With ``decollate=False`` (the bundles: splitting the batch into items and reading the loss to
+    the host at every iteration is a device synchronisation and Python per item) the output is the
+    batch's dictionary in a one-item list, shaped as a decollated batch is, so MONAI's
+    ``from_engine(['loss'], first=True)`` (the default of ``monai.bundle run --tracking mlflow``)
+    reads the loss as it would after decollation."""
+
+    def __init__(self, *args, decollate: bool = True, **kwargs) -> None:
+        super().__init__(*args, decollate=decollate, **kwargs)
+        self.decollated = bool(decollate)
 
     def _iteration(self, engine, batchdata):
         net = engine.network
@@ -71,9 +82,10 @@ class SupervisedTrainer(_MonaiSupervisedTrainer):
             net.train()
         net.__dict__["train"] = functools.partial(_keep_training, net)  # shadows Module.train
         try:
-            return super()._iteration(engine, batchdata)
+            out = super()._iteration(engine, batchdata)
         finally:
             net.__dict__.pop("train", None)
+        return out if engine.decollated else [out]
 
 
 def _keep_training(net: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
