@@ -80,7 +80,7 @@ def test_every_bundle_of_the_repository_passes(root: Path) -> None:
         report.counts["_target_"] >= 10 and report.counts["$"] >= 40 and report.counts["logging files"] == 1
     )
     targets = {i.text for i in report.items if i.kind == "_target_"}
-    assert "SupervisedTrainer" in targets or "mriae.train.adversarial.AdversarialTrainer" in targets
+    assert "mriae.train.engine.SupervisedTrainer" in targets or "mriae.train.adversarial.AdversarialTrainer" in targets
 
 
 def test_command_line_on_a_clean_bundle(capsys, monkeypatch) -> None:
