@@ -181,17 +181,18 @@ def bench_pure_and_ours(args, variants=({},)) -> tuple[list[float], list[list[fl
     for _ in range(args.repeats):
         pure.append(run_pure())
         for runs, over in zip(ours, variants):
-            trainer, device, _ = build_ours(args, **over)
-            runs.append(time_trainer(trainer, device, args.iters, args.warmup))
-            del trainer
+            runs.append(time_ours(args, **over))
     return pure, ours
 
 
+def time_ours(args, **overrides) -> float:
+    """Items per second of one freshly built bundle trainer (``args.iters`` after ``args.warmup``)."""
+    trainer, device, _ = build_ours(args, **overrides)
+    return time_trainer(trainer, device, args.iters, args.warmup)
+
+
 def bench_ours(args):
-    rates = []
-    for _ in range(args.repeats):
-        trainer, device, _ = build_ours(args)
-        rates.append(time_trainer(trainer, device, args.iters, args.warmup))
+    rates = [time_ours(args) for _ in range(args.repeats)]
     return statistics.median(rates), rates
 
 

@@ -74,13 +74,14 @@ class SupervisedTrainer(_MonaiSupervisedTrainer):
     def __init__(self, *args, decollate: bool = True, **kwargs) -> None:
         super().__init__(*args, decollate=decollate, **kwargs)
         self.decollated = bool(decollate)
+        self._keep_training = functools.partial(_keep_training, self.network)  # the network as wrapped
 
     def _iteration(self, engine, batchdata):
         net = engine.network
         inner = getattr(net, "module", net)  # DistributedDataParallel keeps its own flag
         if not (net.training and inner.training):
             net.train()
-        net.__dict__["train"] = functools.partial(_keep_training, net)  # shadows Module.train
+        net.__dict__["train"] = engine._keep_training  # shadows Module.train
         try:
             out = super()._iteration(engine, batchdata)
         finally:
