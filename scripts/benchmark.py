@@ -71,7 +71,9 @@ def bundle_parser(args, **overrides):
 
 def time_trainer(trainer, device, iters: int, warmup: int) -> float:
     """Items per second over ``iters`` iterations after ``warmup``, counting each batch's real size
-    (an epoch's last batch may be smaller)."""
+    (an epoch's last batch may be smaller). The clock stops at the last of them (after a device
+    synchronisation), before the run's completion handlers (the history's figure and JSON, written
+    once per run, are not part of the iteration rate; neither is the pure step's set-up)."""
     from ignite.engine import Events
 
     marks = {"n": 0}
@@ -85,13 +87,18 @@ def time_trainer(trainer, device, iters: int, warmup: int) -> float:
             batch = engine.state.batch  # a list of items where the trainer decollates
             marks["n"] += len(batch) if isinstance(batch, list) else int(batch["image"].shape[0])
         if it >= warmup + iters:
+            sync(device)
+            marks["t1"] = time.perf_counter()
             engine.terminate()
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, count)
     trainer.state.max_epochs = 10_000
+    t_run = time.perf_counter()
     trainer.run()
     sync(device)
-    return marks["n"] / (time.perf_counter() - marks["t0"])
+    marks["tail_s"] = time.perf_counter() - marks["t1"]
+    time_trainer.last = {"tail_s": marks["tail_s"], "timed_s": marks["t1"] - marks["t0"], "run_s": time.perf_counter() - t_run}
+    return marks["n"] / (marks["t1"] - marks["t0"])
 
 
 class _Tiled:
@@ -143,9 +150,9 @@ def pure_step(args):
     step_net = torch.compile(net, dynamic=False, mode=args.compile_mode) if args.compile else net
     net.train()
 
-    def step():
+    def step(inputs=x, target=y):
         opt.zero_grad(set_to_none=True)
-        loss_fn(inferer(x, step_net), y).backward()
+        loss_fn(inferer(inputs, step_net), target).backward()
         opt.step()
 
     return step, device, shape[0]
@@ -168,21 +175,54 @@ def pure_runner(args):
     return run
 
 
+def pure_loader_runner(args):
+    """Like ``pure_runner``, the pure step fed by the bundle's own training loader (gather,
+    augmentation, corruption; its CUDA graph where the bundle has one) instead of one fixed batch:
+    with pure and ours it splits ours' cost into the data path's and the trainer's."""
+    step, device, b = pure_step(args)
+    loader = build_ours(args)[0].data_loader
+
+    def batches():
+        while True:
+            yield from loader
+
+    source = batches()
+    for _ in range(args.warmup):
+        batch = next(source)
+        step(batch["image"], batch["label"])
+
+    def run():
+        sync(device)
+        t, n = time.perf_counter(), 0
+        for _ in range(args.iters):
+            batch = next(source)
+            step(batch["image"], batch["label"])
+            n += int(batch["image"].shape[0])
+        sync(device)
+        return n / (time.perf_counter() - t)
+
+    return run
+
+
 def bench_pure(args) -> tuple[float, list[float]]:
     return median_rate(pure_runner(args), args.repeats)
 
 
-def bench_pure_and_ours(args, variants=({},)) -> tuple[list[float], list[list[float]]]:
+def bench_pure_and_ours(args, variants=({},), pure_loader: bool = False):
     """Pure and ours (one run per bundle-override dict of ``variants``) timed in turn,
     ``args.repeats`` times each: a slower spell of the machine (a busy neighbour, a clock change)
-    then hits all alike, and each ratio compares neighbours."""
+    then hits all alike, and each ratio compares neighbours. With ``pure_loader`` the pure step fed
+    by the bundle's loader is timed in the same turns (returned third, else None)."""
     run_pure = pure_runner(args)
-    pure, ours = [], [[] for _ in variants]
+    run_fed = pure_loader_runner(args) if pure_loader else None
+    pure, ours, fed = [], [[] for _ in variants], []
     for _ in range(args.repeats):
         pure.append(run_pure())
+        if run_fed is not None:
+            fed.append(run_fed())
         for runs, over in zip(ours, variants):
             runs.append(time_ours(args, **over))
-    return pure, ours
+    return pure, ours, (fed if pure_loader else None)
 
 
 def time_ours(args, **overrides) -> float:
@@ -346,7 +386,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmark.json")
     ap.add_argument("--only", default="pure,ours,standard,infer,prepare",
-                    help="comma list of pure, ours, ours_monai (with pure and ours: ours with MONAI's own decollating trainer), ours_graph (ours again with --cuda-graph toggled), standard, infer, prepare")
+                    help="comma list of pure, ours, ours_monai (with pure and ours: ours with MONAI's own decollating trainer), pure_loader (with pure and ours: the pure step fed by the bundle's loader), ours_graph (ours again with --cuda-graph toggled), standard, infer, prepare")
     ap.add_argument("--dataset-dir", default=str(REPO / "data" / "demo"))
     ap.add_argument("--bundle", default="res_unet", help="bundle whose training path is measured (res_unet, cae_3d, ...)")
     ap.add_argument("--batch-size", type=int, default=256)
@@ -368,6 +408,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-threads-infer", type=int, default=2,
                     help="threads of the CPU inference figure taken beside a GPU's (0: none)")
     ap.add_argument("--profile", help="write a torch.profiler table of the 'ours' loop to this file")
+    ap.add_argument("--host-profile", help="write cProfile tables (host time by function) of pure and ours to this file")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     if args.cuda_graph is None:
@@ -392,8 +433,14 @@ def main(argv=None) -> int:
                  "prefetch": args.prefetch, "cuda_graph": args.cuda_graph}
     if {"pure", "ours"} <= only:  # in turn, ratio of neighbours
         names = ["ours"] + (["ours_monai"] if "ours_monai" in only else [])
-        res["pure_runs"], runs = bench_pure_and_ours(args, [{}, MONAI_TRAINER][: len(names)])
+        res["pure_runs"], runs, fed = bench_pure_and_ours(
+            args, [{}, MONAI_TRAINER][: len(names)], pure_loader="pure_loader" in only
+        )
         res["pure_slices_per_s"] = statistics.median(res["pure_runs"])
+        if fed is not None:
+            res["pure_loader_runs"] = fed
+            res["pure_loader_slices_per_s"] = statistics.median(fed)
+            res["pure_loader_over_pure"] = statistics.median(f / p for f, p in zip(fed, res["pure_runs"]))
         for name, r in zip(names, runs):
             res[f"{name}_runs"] = r
             res[f"{name}_slices_per_s"] = statistics.median(r)
@@ -446,9 +493,42 @@ def main(argv=None) -> int:
             + "\n\n# ours (bundle trainer), 40 iterations (10 warm-up)\n"
             + prof_ours.key_averages().table(sort_by=key, row_limit=40)
         )
+    if args.host_profile:  # where the host's time goes: the step is bound by it on a fast GPU
+        Path(args.host_profile).write_text(host_profile(args))
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     return 0
+
+
+def host_profile(args, iters: int = 100) -> str:
+    """cProfile tables (by own time) of ``iters`` pure steps and of ``iters`` iterations of ours."""
+    import cProfile
+    import io
+    import pstats
+
+    def table(prof, title):
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(45)
+        return f"# {title}\n" + out.getvalue()
+
+    step, device, _ = pure_step(args)
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    prof_pure = cProfile.Profile()
+    prof_pure.enable()
+    for _ in range(iters):
+        step()
+    sync(device)
+    prof_pure.disable()
+    from ignite.engine import Events
+
+    trainer, dev, _ = build_ours(args)
+    prof_ours = cProfile.Profile()
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=args.warmup), lambda _: prof_ours.enable())
+    time_trainer(trainer, dev, iters, args.warmup)
+    prof_ours.disable()
+    return table(prof_pure, f"pure step, {iters} steps") + "\n\n" + table(prof_ours, f"ours, {iters} iterations")
 
 
 if __name__ == "__main__":
