@@ -34,7 +34,7 @@ class _Recorder:
         return self.inferer(inputs, network, *a, **k)
 
 
-def _run(root, src, out):
+def _run(root, src, out, **overrides):
     p = ConfigParser()
     p.read_config(str(root / "configs" / "inference.json"))
     p.update(
@@ -43,13 +43,15 @@ def _run(root, src, out):
             "input_path": str(src),
             "output_dir": str(out),
             "device": "$torch.device('cpu')",
+            **overrides,
         }
     )
     p.get_parsed_content("initialize")
     ev = p.get_parsed_content("evaluator")
     ev.inferer = rec = _Recorder(ev.inferer)
     ev.run()
-    return rec.seen
+    rec.adaptation = rec.inferer.last_adaptation
+    return rec.seen if not overrides else rec
 
 
 @pytest.mark.parametrize("spacing, codes", [((1.0, 1.0, 1.0), "LPS"), ((0.5, 0.5, 5.0), "RAS")])
@@ -76,6 +78,19 @@ def test_identity_network_on_the_native_grid_returns_the_input_exactly(tmp_path,
         sorted(sp), sorted(spacing), atol=1e-5
     )  # the network ran on the input's own grid
     assert sorted(shape) == sorted(img.shape)
+
+
+def test_inference_config_adapts_by_sure_for_the_steps_asked(tmp_path):
+    root = _identity_bundle(tmp_path, NATIVE)
+    data, aff = _template_crop()
+    noisy = data + 0.03 * data.max() * np.random.default_rng(0).standard_normal(data.shape).astype(np.float32)
+    src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(noisy, aff), src)
+    rec = _run(root, src, tmp_path / "out", adapt_steps=3, slice_batch_size=64)
+    assert rec.adaptation["loss"] == "sure" and rec.adaptation["steps"] == 3
+    assert 0.02 < rec.adaptation["sigma"] < 0.05  # the scan's own noise, read from the scaled input
+    out = nib.load(tmp_path / "out" / "scan_recon.nii.gz").get_fdata(dtype=np.float32)
+    assert out.shape == noisy.shape and not np.array_equal(out, noisy)  # the adapted copy changed it
 
 
 def test_slicing_axes_follow_the_training_axes_and_the_voxel_shape():
@@ -201,8 +216,9 @@ def test_residual_head_predicts_the_corruption_of_the_centre_slice():
     assert "Sigmoid" not in str(net.head) and "Sigmoid" in str(ResUNetAE().head)
 
 
-def test_adaptation_lowers_its_self_supervised_loss_on_a_small_real_volume():
-    from mriae.infer.adapt import adapt_to_volume, blind_spot_batch
+def _small_denoiser_and_noisy_crop():
+    """A small untrained residual denoiser (5 context slices, noise-level map) and a real template
+    crop scaled to [0, 1]: ``(net, clean, noisy)`` with Gaussian noise 0.05, clipped."""
     from mriae.networks import ResUNetAE
     from mriae.prepare.preprocessing import robust_scale
 
@@ -210,18 +226,77 @@ def test_adaptation_lowers_its_self_supervised_loss_on_a_small_real_volume():
     data, _ = _template_crop()
     clean, _, _ = robust_scale(torch.from_numpy(data))
     noisy = (clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
-    net = ResUNetAE(
-        in_channels=5, residual=True, full_res=8, channels=(8, 16, 32), norm="none", noise_map=True
-    )
+    net = ResUNetAE(in_channels=5, residual=True, full_res=8, channels=(8, 16, 32), norm="none", noise_map=True)
+    return net, clean, noisy
+
+
+def test_adaptation_lowers_its_self_supervised_loss_on_a_small_real_volume():
+    from mriae.infer.adapt import adapt_to_volume, blind_spot_batch
+
+    net, _, noisy = _small_denoiser_and_noisy_crop()
     adapted, rec = adapt_to_volume(
-        net, noisy, 2, [0, 1, 2], seconds=600, max_steps=60, crop=32, batch_size=8, lr=1e-3
+        net, noisy, 2, [0, 1, 2], seconds=600, max_steps=60, crop=32, batch_size=8, lr=1e-3, loss="noise2self"
     )
-    assert rec["steps"] == 60 and rec["loss_last"] < 0.8 * rec["loss_first"]
+    assert rec["loss"] == "noise2self" and rec["steps"] == 60 and rec["loss_last"] < 0.8 * rec["loss_first"]
     assert adapted is not net and not adapted.training
     x = torch.rand(1, 5, 16, 16)
     masked, mask = blind_spot_batch(x, 2, 0.25, torch.Generator().manual_seed(0))
     assert mask.float().mean() > 0.1 and torch.equal(masked[:, [0, 1, 3, 4]], x[:, [0, 1, 3, 4]])
     assert not torch.equal(masked[:, 2][mask[:, 0]], x[:, 2][mask[:, 0]])  # the hidden pixels are not shown
+
+
+class _BoxBlur(torch.nn.Module):
+    """A fixed linear denoiser of the centre slice of a stack: a 3 x 3 mean."""
+
+    def forward(self, x):
+        c = x.shape[1] // 2
+        return torch.nn.functional.avg_pool2d(x[:, c : c + 1], 3, stride=1, padding=1, count_include_pad=False)
+
+
+def test_sure_estimates_the_squared_error_against_the_clean_slices_it_never_sees():
+    from mriae.infer.adapt import sure_loss, volume_sigma
+    from mriae.prepare.preprocessing import robust_scale
+
+    data, _ = _template_crop()
+    clean, _, _ = robust_scale(torch.from_numpy(data))
+    g = torch.Generator().manual_seed(0)
+    noisy = clean + 0.05 * torch.randn(clean.shape, generator=g)  # not clipped: every voxel counts
+    stacks = torch.stack([noisy[z - 2 : z + 3] for z in range(2, clean.shape[0] - 2)])  # (B, 5, H, W)
+    target = clean[2:-2, None]
+    net = _BoxBlur()
+    out = net(stacks)
+    mse = float(((out - target) ** 2).mean())
+    valid = torch.ones_like(target, dtype=torch.bool)
+    sure = float(sure_loss(net, stacks, valid, 2, 0.05, 1e-3, torch.Generator().manual_seed(1)))
+    fidelity = float(((out - stacks[:, 2:3]) ** 2).mean())  # what a loss against the noisy slice says
+    assert abs(sure - mse) < 0.05 * mse, (sure, mse)
+    assert abs(fidelity - mse) > 0.5 * mse  # the naive loss is far off, SURE is not
+    # the noise sigma read from the scan itself, robust to its anatomy
+    assert abs(volume_sigma(noisy.clamp(0, 1)) - 0.05) < 0.004
+    assert volume_sigma(clean) < 0.01
+
+
+def test_sure_adaptation_lowers_the_true_error_without_seeing_the_clean_volume():
+    from mriae.infer.adapt import adapt_to_volume
+    from mriae.infer.pipeline import SliceStackInferer
+
+    net, clean, noisy = _small_denoiser_and_noisy_crop()
+    net.eval()
+    inferer = SliceStackInferer(context=2, axes=[0])
+
+    def true_mse(model):
+        with torch.no_grad():
+            return float(((inferer(noisy[None, None], model)[0, 0] - clean) ** 2).mean())
+
+    adapted, rec = adapt_to_volume(
+        net, noisy, 2, [0, 1, 2], max_steps=60, crop=32, batch_size=8, lr=1e-3, loss="sure"
+    )
+    assert rec["loss"] == "sure" and rec["steps"] == 60 and abs(rec["sigma"] - 0.05) < 0.006
+    before, after = true_mse(net), true_mse(adapted)
+    assert rec["loss_last"] < 0.9 * rec["loss_first"]
+    assert after < 0.7 * before, (before, after)
+    with pytest.raises(ValueError, match="adaptation loss"):
+        adapt_to_volume(net, noisy, 2, [0], max_steps=1, loss="n2n")
 
 
 def test_real_scan_protocol_on_colin27(tmp_path):

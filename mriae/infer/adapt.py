@@ -10,6 +10,20 @@ are: their noise is independent of the hidden pixels'. Starting from the supervi
 bounded number of seconds of such training adapts the network to the scan's own contrast,
 anatomy and noise, which the synthetic training data cannot cover.
 
+SURE (``loss="sure"``, the default; Stein's unbiased risk estimate: Stein, Ann. Stat. 9(6), 1981; its Monte-Carlo
+form for any black-box denoiser: Ramani, Blu and Unser, IEEE TIP 17(9), 2008; used to train deep
+denoisers without clean data: Soltanayev and Chun, NeurIPS 2018): for Gaussian noise of sigma s,
+``||f(y) - y||^2 / N - s^2 + 2 s^2 div f(y) / N`` is an unbiased estimate of the mean squared error
+``||f(y) - x||^2 / N`` against the unseen clean image x, so it can be minimised on the noisy scan
+itself without changing what the network sees (no hidden pixels). The divergence is estimated with
+one random probe b: ``b . (f(y + e b) - f(y)) / e``. Sigma is the scan's own (Immerkaer's estimate,
+``volume_sigma``, over the voxels that were not clipped) unless given.
+The estimate only holds where the stored image was not clipped, so voxels whose local mean lies
+within 3 sigma of 0 or 1 (air, the brightest fat) are left out of it; there the output is held to
+what the network gave before adaptation. Measured on the real scan (docs/real_scans.md): Noise2Self
+lowered PSNR under Gaussian noise, SURE raised it; SURE assumes noise, so it undoes the correction
+of other corruptions (pixel dropout).
+
 Batch norm layers stay in evaluation mode (the statistics of one volume's crops would replace the
 training cohort's); the adaptation works on a copy, so the loaded model is left as it was.
 """
@@ -23,7 +37,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["blind_spot_batch", "adapt_to_volume"]
+__all__ = ["blind_spot_batch", "adapt_to_volume", "volume_sigma", "sure_loss"]
 
 
 def blind_spot_batch(
@@ -54,22 +68,82 @@ def adapt_to_volume(
     context: int,
     axes: Sequence[int] = (0,),
     seconds: float = 30.0,
-    lr: float = 2e-5,
+    lr: float = 1e-4,
     batch_size: int = 8,
     crop: int = 96,
     fraction: float = 1 / 32,
     max_steps: int | None = None,
     seed: int = 0,
+    loss: str = "sure",
+    sigma: float | None = None,
+    epsilon: float = 1e-3,
 ) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of ``network`` on ``volume`` (X, Y, Z), scaled as the network expects, for
-    at most ``seconds`` (or ``max_steps``). Returns the adapted copy (in eval mode) and a record
-    ``{"steps", "seconds", "loss_first", "loss_last"}`` of the blind-spot loss (the mean of the
-    first and last tenth of the steps)."""
+    at most ``seconds`` (or ``max_steps``) with the ``loss`` ``"noise2self"`` (blind spot) or
+    ``"sure"`` (noise of ``sigma``, estimated from the volume when None). Returns the adapted copy
+    (in eval mode) and a record ``{"loss", "steps", "seconds", "loss_first", "loss_last"}`` (the mean
+    loss of the first and last tenth of the steps; with SURE the estimated mean squared error
+    against the clean scan where the estimate holds, plus the term that holds the clipped voxels)
+    and, for SURE, ``"sigma"``."""
+    if loss not in ("noise2self", "sure"):
+        raise ValueError(f"adaptation loss {loss!r}: 'noise2self' or 'sure'")
     with torch.inference_mode(False):  # an inference engine's tensors cannot be saved for backward
-        return _adapt(network, volume.clone(), context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed)
+        return _adapt(
+            network, volume.clone(), context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed,
+            loss, sigma, float(epsilon),
+        )
 
 
-def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed):
+_MEDIAN_ABS_NORMAL = 0.6744897501960817  # median of |N(0, 1)|
+
+
+def volume_sigma(volume: torch.Tensor) -> float:
+    """The Gaussian noise sigma of a volume (X, Y, Z) on the [0, 1] scale, from the response to
+    Immerkaer's mask (``mriae.networks.blocks.noise_sigma``'s, slices along the first axis; 6 sigma
+    for pure noise): its median absolute value (robust to the edges of the anatomy, which inflate
+    the mean) over the voxels that were not clipped, those whose 3 x 3 x 3 mean lies more than
+    3 sigma inside (0, 1) (in air and padding the noise is clipped to zero); twice, starting from
+    0.05 / 0.95."""
+    v = volume.float()
+    k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=v.device)[None, None]
+    response = F.conv2d(v[:, None], k, padding=1)[:, 0].abs()
+    local = F.avg_pool3d(v[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
+    margin, sigma = 0.05, 0.0
+    for _ in range(2):
+        inside = (local > margin) & (local < 1 - margin)
+        inside[:, [0, -1]], inside[:, :, [0, -1]] = False, False  # the 2D mask's zero-padded border
+        if not inside.any():
+            return sigma
+        sigma = float(response[inside].median()) / (6 * _MEDIAN_ABS_NORMAL)
+        margin = min(0.45, 3 * sigma)
+    return sigma
+
+
+def sure_loss(
+    net: torch.nn.Module, stacks: torch.Tensor, valid: torch.Tensor, context: int, sigma: float, epsilon: float,
+    generator: torch.Generator | None = None, anchor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Monte-Carlo SURE of ``net`` on noisy ``stacks`` (B, 2k + 1, H, W) over the centre-slice pixels
+    where ``valid`` (B, 1, H, W) is true: the estimated mean squared error of the output against the
+    clean centre slice, differentiable in the network's weights. Where ``valid`` is false (clipped
+    voxels, about which SURE says nothing) the squared distance to ``anchor`` (the output of the
+    network before adaptation) is added instead, so that the output there stays what it was."""
+    y = stacks[:, context : context + 1]
+    probe = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    nudged = stacks.clone()
+    nudged[:, context : context + 1] += epsilon * probe
+    out, out_nudged = net(torch.cat([stacks, nudged])).chunk(2)
+    w = valid.to(y.dtype)
+    n = w.sum().clamp_min(1.0)
+    fidelity = ((out - y) ** 2 * w).sum() / n
+    divergence = (probe * (out_nudged - out) * w).sum() / (epsilon * n)
+    sure = fidelity - sigma**2 + 2 * sigma**2 * divergence
+    if anchor is None:
+        return sure
+    return sure + ((out - anchor) ** 2 * (1 - w)).sum() / w.numel()
+
+
+def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed, loss, sigma, eps):
     dev = volume.device
     net = copy.deepcopy(network).to(dev)
     net.train()
@@ -85,12 +159,22 @@ def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fracti
     offs = torch.arange(2 * context + 1, device=dev)
     losses: list[float] = []
     t0 = time.perf_counter()
+    sure = None
+    if loss == "sure":
+        sigma = volume_sigma(volume) if sigma is None else float(sigma)
+        local = F.avg_pool3d(volume[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
+        inside = (local > 3 * sigma) & (local < 1 - 3 * sigma)
+        masks = [inside.movedim(a, 0) for a in axes]  # the centre slices' own voxels, unpadded
+        frozen = copy.deepcopy(network).to(dev).eval()  # the output before adaptation, kept where SURE is blind
+        sure = (masks, sigma, eps, frozen)
     with torch.enable_grad():  # inference engines run under no_grad
-        _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0)
+        _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0, sure)
     step = len(losses)
     net.eval()
     tenth = max(1, len(losses) // 10)
     record = {
+        "loss": loss,
+        **({"sigma": round(sure[1], 6)} if sure else {}),
         "steps": step,
         "seconds": round(time.perf_counter() - t0, 3),
         "loss_first": sum(losses[:tenth]) / tenth,
@@ -99,7 +183,7 @@ def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fracti
     return net, record
 
 
-def _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0) -> None:
+def _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0, sure) -> None:
     dev = offs.device
     step = 0
     while (max_steps is None or step < max_steps) and (time.perf_counter() - t0 < seconds or step == 0):
@@ -112,10 +196,17 @@ def _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses
         ys = (y0[:, None] + torch.arange(p_h, device=dev))[:, None, :, None]
         xs = (x0[:, None] + torch.arange(p_w, device=dev))[:, None, None, :]
         stacks = v[(z[:, None] + offs[None])[:, :, None, None], ys, xs]
-        x, mask = blind_spot_batch(stacks, context, fraction, g)
-        target = stacks[:, context : context + 1]
-        pred = net(x)
-        loss = ((pred - target) ** 2)[mask].mean()
+        if sure is not None:
+            masks, sigma, eps, frozen = sure
+            valid = masks[step % len(views)][z[:, None, None, None], ys, xs]
+            with torch.no_grad():
+                anchor = frozen(stacks)
+            loss = sure_loss(net, stacks, valid, context, sigma, eps, g, anchor)
+        else:
+            x, mask = blind_spot_batch(stacks, context, fraction, g)
+            target = stacks[:, context : context + 1]
+            pred = net(x)
+            loss = ((pred - target) ** 2)[mask].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -77,8 +77,10 @@ class SliceStackInferer(Inferer):
     on each side as input channels (edge slices replicated), along each axis of ``slicing_axes`` (the
     outputs averaged). Every slice is padded (reflect) to a multiple of ``multiple`` and cropped back.
 
-    ``adapt_seconds`` > 0 first fine-tunes a copy of the network on the input itself with a
-    self-supervised blind-spot loss (``mriae.infer.adapt``, Noise2Self) for at most that long.
+    ``adapt_seconds`` > 0 or ``adapt_steps`` > 0 first fine-tunes a copy of the network on the input
+    itself without clean data (``mriae.infer.adapt``) for at most that long or that many steps,
+    whichever ends first; ``adapt_kwargs`` go to ``adapt_to_volume`` (``loss``: ``"noise2self"``,
+    the blind-spot loss, or ``"sure"``, Stein's unbiased risk estimate; ``lr``; ...).
     ``flips`` > 1 averages the network's output over that many in-plane flips of each stack (2: none
     and left-right; 4: also up-down and both), undone on the output: a test-time ensemble of the
     flips the denoiser was trained under, ``flips`` times the network's cost.
@@ -93,6 +95,7 @@ class SliceStackInferer(Inferer):
         anisotropy: float = 1.5,
         adapt_seconds: float = 0.0,
         adapt_kwargs: Mapping | None = None,
+        adapt_steps: int | None = None,
         progress: bool = False,
         flips: int = 1,
     ) -> None:
@@ -103,7 +106,8 @@ class SliceStackInferer(Inferer):
             int(multiple),
             float(anisotropy),
         )
-        self.adapt_seconds, self.adapt_kwargs = float(adapt_seconds), dict(adapt_kwargs or {})
+        self.adapt_seconds, self.adapt_kwargs = float(adapt_seconds or 0), dict(adapt_kwargs or {})
+        self.adapt_steps = int(adapt_steps or 0)
         self.progress = progress
         if int(flips) not in (1, 2, 4):
             raise ValueError(f"flips={flips}: 1, 2 or 4")
@@ -116,12 +120,12 @@ class SliceStackInferer(Inferer):
         vol = inputs[0, 0].float()
         vol = vol.as_tensor() if isinstance(vol, MetaTensor) else vol
         axes = slicing_axes(self.axes, _spacing(inputs), self.anisotropy)
-        if self.adapt_seconds > 0:
+        if self.adapt_seconds > 0 or self.adapt_steps > 0:
             from mriae.infer.adapt import adapt_to_volume
 
-            network, self.last_adaptation = adapt_to_volume(
-                network, vol, self.context, axes, self.adapt_seconds, **self.adapt_kwargs
-            )
+            kwargs = {**self.adapt_kwargs, **({"max_steps": self.adapt_steps} if self.adapt_steps else {})}
+            seconds = self.adapt_seconds if self.adapt_seconds > 0 else float("inf")
+            network, self.last_adaptation = adapt_to_volume(network, vol, self.context, axes, seconds, **kwargs)
         out = None
         with torch.no_grad():
             for i, a in enumerate(axes):  # running mean: outputs that agree are returned unchanged

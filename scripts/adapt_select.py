@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Choose the self-supervised adaptation's settings on a demo TEST volume, never on the real scan.
+
+    python scripts/adapt_select.py --bundle bundles/res_unet --loss sure --lr 3e-5 1e-4 \
+        --steps 100 300 1000 --conditions gaussian-0.03 gaussian-0.05 --out docs/adapt_select.json
+
+Runs the trained bundle's own ``inference.json`` (file in, file out: ``mriae.compare.real_scan.run_bundle``)
+with ``adapt_loss`` / ``adapt_lr`` / ``adapt_steps`` set to each point of the grid on one volume of the
+demo cohort's test split (default: its first subject, ``heldout-000``, a template release never used
+to make the training subjects), under the real-scan protocol's corruptions and scoring, and prints
+the grid point with the highest mean PSNR over the conditions. That point is then the one to run on
+the real scan (``scripts/real_scan.py``), so the real scan does not choose it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def demo_test_volume(datalist: Path, subject: str | None) -> tuple[str, np.ndarray]:
+    """``(subject, volume)`` of the datalist's test split (its first subject unless named)."""
+    from mriae.errors import InputError
+
+    records = json.loads(datalist.read_text())["test"]
+    if subject is not None:
+        records = [r for r in records if r["subject"] == subject]
+    if not records:
+        raise InputError(f"{datalist}: no test subject {subject!r}")
+    r = records[0]
+    return r["subject"], np.load(datalist.parent / r["image"]).astype(np.float32)
+
+
+def main(argv=None) -> int:
+    import mriae
+    from mriae.compare.real_scan import corrupt, reference, run_bundle, score
+    from mriae.config import bundle_config
+    from mriae.errors import UserError
+    from mriae.prepare.pipeline import ensure_datalist
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", default="bundles/res_unet", help="a trained bundle's root")
+    ap.add_argument("--dataset-dir", default=None, help="demo cohort (default: the bundle's training data)")
+    ap.add_argument("--subject", default=None)
+    ap.add_argument("--loss", default="sure")
+    ap.add_argument("--lr", type=float, nargs="+", default=[3e-5, 1e-4])
+    ap.add_argument("--steps", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--conditions", nargs="+", default=["gaussian-0.03", "gaussian-0.05"])
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default=None, help="JSON of every grid point's scores")
+    args = ap.parse_args(argv)
+    try:
+        train = bundle_config(args.bundle)
+        data_dir = args.dataset_dir or f"{mriae.default_data_dir()}/demo-heads"
+        datalist = Path(ensure_datalist(data_dir, train.get("plan")))
+        subject, vol = demo_test_volume(datalist, args.subject)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{subject}.nii.gz"
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), path)  # the prepared 1 mm grid
+            ref = reference(path)
+        grid = [None] + [(lr, n) for lr in args.lr for n in args.steps]
+        rows = []
+        for cond in args.conditions:
+            noisy = corrupt(ref["volume"], cond)
+            for point in grid:
+                over = {} if point is None else {"adapt_loss": args.loss, "adapt_lr": point[0], "adapt_steps": point[1]}
+                out, info = run_bundle(args.bundle, noisy, ref["affine"], over, device=args.device)
+                row = {"condition": cond, **over, **score(out, ref), "seconds": info["seconds"],
+                       "adaptation": info.get("adaptation")}
+                rows.append(row)
+                print(f"{cond:14s} {json.dumps(over):70s} {row['psnr']:6.2f} dB  ssim {row['ssim']:.4f}  "
+                      f"{row['seconds']:.1f} s", flush=True)
+
+        def mean_psnr(point):  # point: (lr, steps), or None for no adaptation
+            key = (None, None) if point is None else point
+            return float(np.mean([r["psnr"] for r in rows if (r.get("adapt_lr"), r.get("adapt_steps")) == key]))
+
+        best = max(grid[1:], key=mean_psnr)
+        result = {"bundle": str(args.bundle), "volume": f"{datalist}:{subject}", "loss": args.loss,
+                  "conditions": args.conditions, "rows": rows,
+                  "mean_psnr": {("none" if p is None else f"lr={p[0]:g} steps={p[1]}"): mean_psnr(p) for p in grid},
+                  "selected": {"adapt_loss": args.loss, "adapt_lr": best[0], "adapt_steps": best[1]}}
+        print("selected", json.dumps(result["selected"]), "mean PSNR", round(mean_psnr(best), 2),
+              "without adaptation", round(mean_psnr(None), 2))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+    except UserError as e:
+        print(f"adapt_select: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
