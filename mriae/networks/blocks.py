@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from typing import Optional
 
 import torch
 from monai.networks.layers import Conv, Norm
@@ -167,13 +168,20 @@ def centre_channels(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[:, k : k + n]
 
 
-def noise_sigma(images: torch.Tensor) -> torch.Tensor:
+def immerkaer_mask() -> torch.Tensor:
+    """Immerkaer's 3 x 3 mask ``(1, 1, 3, 3)``: it cancels planar structure; 6 sigma for pure noise."""
+    return torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])[None, None]
+
+
+def noise_sigma(images: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-image Gaussian noise sigma ``(B,)`` of a batch of 2D images ``(B, 1, H, W)`` by Immerkaer's
     Laplacian-difference method (CVIU 64(2), 1996): the mean absolute response to a mask that
     cancels planar structure, times sqrt(pi / 2) / 6. Fine anatomy adds little to it, noise a lot,
-    which is what lets a denoiser conditioned on it leave a clean scan alone."""
-    mask = [[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]  # a literal: TorchScript compiles it
-    k = torch.tensor(mask, device=images.device, dtype=images.dtype)[None, None]
+    which is what lets a denoiser conditioned on it leave a clean scan alone. ``mask``: the
+    ``immerkaer_mask()`` already on the images' device (else it is made here, and a tensor built on
+    the host and copied to a GPU makes the host wait for the GPU: once per call)."""
+    k = immerkaer_mask() if mask is None else mask
+    k = k.to(device=images.device, dtype=images.dtype)
     r = torch.nn.functional.conv2d(images, k).abs().flatten(1).mean(1)
     return r * (math.sqrt(math.pi / 2) / 6)
 
@@ -182,9 +190,14 @@ class NoiseLevelMap(nn.Module):
     """Append the input centre slice's estimated noise sigma (``noise_sigma``) as a constant channel:
     the noise-level map of FFDNet (Zhang et al., "FFDNet: Toward a fast and flexible solution for CNN
     based image denoising", IEEE TIP 27(9), 2018), estimated from the image itself, so the network
-    stays blind to the user (nothing to set) but knows how much to remove."""
+    stays blind to the user (nothing to set) but knows how much to remove. Immerkaer's mask is a
+    buffer that moves with the module and is not saved with the weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mask", immerkaer_mask(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        sigma = noise_sigma(x[:, c // 2 : c // 2 + 1].float()).to(x.dtype)
+        sigma = noise_sigma(x[:, c // 2 : c // 2 + 1].float(), self.mask).to(x.dtype)
         return torch.cat([x, sigma.view(-1, 1, 1, 1).expand(x.shape[0], 1, x.shape[2], x.shape[3])], dim=1)
