@@ -69,3 +69,10 @@ def test_the_shipped_denoiser_compiles_to_torchscript_and_matches():
     assert ts.shape == (2, 1, 48, 40)
     assert torch.allclose(ts, eager, atol=1e-6)
     assert (eager - x[:, 2:3]).abs().max() > 0  # the network changes its input
+    # Immerkaer's mask is a buffer that moves with the network and is not saved with the weights
+    assert "noise_map.mask" in dict(net.named_buffers()) and not any("mask" in k for k in net.state_dict())
+    fresh = ResUNetAE(spatial_dims=2, in_channels=5, out_channels=1, channels=[8, 16, 32], block="full_preact",
+                      skip=True, residual=True, full_res=4, norm="none", noise_map=True).eval()
+    fresh.load_state_dict(net.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), eager)
