@@ -155,46 +155,39 @@ def pure_step(args):
     return step, device, shape[0]
 
 
-def pure_runner(args):
-    """A callable timing ``args.iters`` pure steps (items per second), after a warm-up."""
+def pure_runner(args, fed: bool = False):
+    """A callable timing ``args.iters`` pure steps (items per second), after a warm-up: on one fixed
+    batch, or with ``fed`` on the batches of the bundle's own training loader (gather, augmentation,
+    corruption; its CUDA graph where the bundle has one), which with pure and ours splits ours' cost
+    into the data path's and the trainer's."""
     step, device, b = pure_step(args)
+    if fed:
+        loader = build_ours(args)[0].data_loader
+
+        def batches():
+            while True:
+                for batch in loader:
+                    yield batch["image"], batch["label"]
+
+        source = batches()
+    else:
+        source = None
+
+    def one() -> int:
+        if source is None:
+            step()
+            return b
+        x, y = next(source)
+        step(x, y)
+        return int(x.shape[0])
+
     for _ in range(args.warmup):
-        step()
+        one()
 
     def run():
         sync(device)
         t = time.perf_counter()
-        for _ in range(args.iters):
-            step()
-        sync(device)
-        return args.iters * b / (time.perf_counter() - t)
-
-    return run
-
-
-def pure_loader_runner(args):
-    """Like ``pure_runner``, the pure step fed by the bundle's own training loader (gather,
-    augmentation, corruption; its CUDA graph where the bundle has one) instead of one fixed batch:
-    with pure and ours it splits ours' cost into the data path's and the trainer's."""
-    step, device, b = pure_step(args)
-    loader = build_ours(args)[0].data_loader
-
-    def batches():
-        while True:
-            yield from loader
-
-    source = batches()
-    for _ in range(args.warmup):
-        batch = next(source)
-        step(batch["image"], batch["label"])
-
-    def run():
-        sync(device)
-        t, n = time.perf_counter(), 0
-        for _ in range(args.iters):
-            batch = next(source)
-            step(batch["image"], batch["label"])
-            n += int(batch["image"].shape[0])
+        n = sum(one() for _ in range(args.iters))
         sync(device)
         return n / (time.perf_counter() - t)
 
@@ -211,7 +204,7 @@ def bench_pure_and_ours(args, variants=({},), pure_loader: bool = False):
     then hits all alike, and each ratio compares neighbours. With ``pure_loader`` the pure step fed
     by the bundle's loader is timed in the same turns (returned third, else None)."""
     run_pure = pure_runner(args)
-    run_fed = pure_loader_runner(args) if pure_loader else None
+    run_fed = pure_runner(args, fed=True) if pure_loader else None
     pure, ours, fed = [], [[] for _ in variants], []
     for _ in range(args.repeats):
         pure.append(run_pure())

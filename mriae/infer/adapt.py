@@ -37,6 +37,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from mriae.networks.blocks import immerkaer_mask
+
 __all__ = ["blind_spot_batch", "adapt_to_volume", "volume_sigma", "sure_loss"]
 
 
@@ -105,8 +107,7 @@ def volume_sigma(volume: torch.Tensor) -> float:
     3 sigma inside (0, 1) (in air and padding the noise is clipped to zero); twice, starting from
     0.05 / 0.95."""
     v = volume.float()
-    k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=v.device)[None, None]
-    response = F.conv2d(v[:, None], k, padding=1)[:, 0].abs()
+    response = F.conv2d(v[:, None], immerkaer_mask().to(v.device), padding=1)[:, 0].abs()
     local = F.avg_pool3d(v[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
     margin, sigma = 0.05, 0.0
     for _ in range(2):
@@ -157,7 +158,7 @@ def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fracti
             F.pad(v[None, None], (0, 0, 0, 0, context, context), mode="replicate")[0, 0] if context else v
         )
     offs = torch.arange(2 * context + 1, device=dev)
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []  # kept on the device: read once at the end, not once per step
     t0 = time.perf_counter()
     sure = None
     if loss == "sure":
@@ -172,13 +173,14 @@ def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fracti
     step = len(losses)
     net.eval()
     tenth = max(1, len(losses) // 10)
+    values = torch.stack(losses).tolist() if losses else [float("nan")]
     record = {
         "loss": loss,
         **({"sigma": round(sure[1], 6)} if sure else {}),
         "steps": step,
         "seconds": round(time.perf_counter() - t0, 3),
-        "loss_first": sum(losses[:tenth]) / tenth,
-        "loss_last": sum(losses[-tenth:]) / tenth,
+        "loss_first": sum(values[:tenth]) / tenth,
+        "loss_last": sum(values[-tenth:]) / tenth,
     }
     return net, record
 
@@ -210,5 +212,5 @@ def _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())
         step += 1
