@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Choose the self-supervised adaptation's settings on a demo TEST volume, never on the real scan.
 
-    python scripts/adapt_select.py --bundle bundles/res_unet --loss sure --lr 3e-5 1e-4 \
+    python scripts/adapt_select.py --bundle bundles/res_unet --loss sure --lr 3e-5 1e-4 --flips 1 2 \
         --steps 100 300 1000 --conditions gaussian-0.03 gaussian-0.05 --out docs/adapt_select.json
 
 Runs the trained bundle's own ``inference.json`` (file in, file out: ``mriae.compare.real_scan.run_bundle``)
-with ``adapt_loss`` / ``adapt_lr`` / ``adapt_steps`` set to each point of the grid on one volume of the
-demo cohort's test split (default: its first subject, ``heldout-000``, a template release never used
-to make the training subjects), under the real-scan protocol's corruptions and scoring, and prints
-the grid point with the highest mean PSNR over the conditions. That point is then the one to run on
-the real scan (``scripts/real_scan.py``), so the real scan does not choose it.
+with ``adapt_loss`` / ``adapt_lr`` / ``adapt_steps`` / ``flips`` / ``adapt_schedule`` set to each point
+of the grid on one volume of the demo cohort's test split (default: its first subject, ``heldout-000``,
+a template release never used to make the training subjects), under the real-scan protocol's
+corruptions and scoring, and prints the grid point with the highest mean PSNR over the conditions.
+That point is then the one to run on the real scan (``scripts/real_scan.py``), so the real scan does
+not choose it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def main(argv=None) -> int:
     ap.add_argument("--loss", default="sure")
     ap.add_argument("--lr", type=float, nargs="+", default=[3e-5, 1e-4])
     ap.add_argument("--steps", type=int, nargs="+", default=[100, 300, 1000])
+    ap.add_argument("--flips", type=int, nargs="+", default=[1],
+                    help="test-time flip ensembles (inference.json's flips) to try with each adaptation")
+    ap.add_argument("--schedules", nargs="+", default=["constant"], choices=["constant", "cosine"],
+                    help="learning-rate schedules of the adaptation (inference.json's adapt_schedule) to try")
     ap.add_argument("--conditions", nargs="+", default=["gaussian-0.03", "gaussian-0.05"])
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="JSON of every grid point's scores")
@@ -64,12 +69,16 @@ def main(argv=None) -> int:
             path = Path(tmp) / f"{subject}.nii.gz"
             nib.save(nib.Nifti1Image(vol, np.eye(4)), path)  # the prepared 1 mm grid
             ref = reference(path)
-        grid = [None] + [(lr, n) for lr in args.lr for n in args.steps]
+        grid = [None] + [
+            (lr, n, f, sc) for lr in args.lr for n in args.steps for f in args.flips for sc in args.schedules
+        ]
         rows = []
         for cond in args.conditions:
             noisy = corrupt(ref["volume"], cond)
             for point in grid:
-                over = {} if point is None else {"adapt_loss": args.loss, "adapt_lr": point[0], "adapt_steps": point[1]}
+                over = {} if point is None else {"adapt_loss": args.loss, "adapt_lr": point[0], "adapt_steps": point[1],
+                                                 **({"flips": point[2]} if point[2] != 1 else {}),
+                                                 **({"adapt_schedule": point[3]} if point[3] != "constant" else {})}
                 out, info = run_bundle(args.bundle, noisy, ref["affine"], over, device=args.device)
                 row = {"condition": cond, **over, **score(out, ref), "seconds": info["seconds"],
                        "adaptation": info.get("adaptation")}
@@ -77,15 +86,18 @@ def main(argv=None) -> int:
                 print(f"{cond:14s} {json.dumps(over):70s} {row['psnr']:6.2f} dB  ssim {row['ssim']:.4f}  "
                       f"{row['seconds']:.1f} s", flush=True)
 
-        def mean_psnr(point):  # point: (lr, steps), or None for no adaptation
-            key = (None, None) if point is None else point
-            return float(np.mean([r["psnr"] for r in rows if (r.get("adapt_lr"), r.get("adapt_steps")) == key]))
+        def mean_psnr(point):  # point: (lr, steps, flips, schedule), or None for no adaptation
+            key = (None, None, 1, "constant") if point is None else point
+            return float(np.mean([r["psnr"] for r in rows if (r.get("adapt_lr"), r.get("adapt_steps"), r.get("flips", 1),
+                                                               r.get("adapt_schedule", "constant")) == key]))
 
         best = max(grid[1:], key=mean_psnr)
         result = {"bundle": str(args.bundle), "volume": f"{datalist}:{subject}", "loss": args.loss,
                   "conditions": args.conditions, "rows": rows,
-                  "mean_psnr": {("none" if p is None else f"lr={p[0]:g} steps={p[1]}"): mean_psnr(p) for p in grid},
-                  "selected": {"adapt_loss": args.loss, "adapt_lr": best[0], "adapt_steps": best[1]}}
+                  "mean_psnr": {("none" if p is None else f"lr={p[0]:g} steps={p[1]} flips={p[2]} schedule={p[3]}"): mean_psnr(p)
+                                for p in grid},
+                  "selected": {"adapt_loss": args.loss, "adapt_lr": best[0], "adapt_steps": best[1], "flips": best[2],
+                               "adapt_schedule": best[3]}}
         print("selected", json.dumps(result["selected"]), "mean PSNR", round(mean_psnr(best), 2),
               "without adaptation", round(mean_psnr(None), 2))
         if args.out:

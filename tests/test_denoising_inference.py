@@ -86,8 +86,9 @@ def test_inference_config_adapts_by_sure_for_the_steps_asked(tmp_path):
     noisy = data + 0.03 * data.max() * np.random.default_rng(0).standard_normal(data.shape).astype(np.float32)
     src = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(noisy, aff), src)
-    rec = _run(root, src, tmp_path / "out", adapt_steps=3, slice_batch_size=64)
+    rec = _run(root, src, tmp_path / "out", adapt_steps=3, slice_batch_size=64, adapt_schedule="cosine")
     assert rec.adaptation["loss"] == "sure" and rec.adaptation["steps"] == 3
+    assert rec.adaptation["schedule"] == "cosine"  # inference.json's adapt_schedule reaches the adaptation
     assert 0.02 < rec.adaptation["sigma"] < 0.05  # the scan's own noise, read from the scaled input
     out = nib.load(tmp_path / "out" / "scan_recon.nii.gz").get_fdata(dtype=np.float32)
     assert out.shape == noisy.shape and not np.array_equal(out, noisy)  # the adapted copy changed it
@@ -297,6 +298,39 @@ def test_sure_adaptation_lowers_the_true_error_without_seeing_the_clean_volume()
     assert after < 0.7 * before, (before, after)
     with pytest.raises(ValueError, match="adaptation loss"):
         adapt_to_volume(net, noisy, 2, [0], max_steps=1, loss="n2n")
+
+
+def test_cosine_schedule_lowers_the_learning_rate_to_zero_and_still_lowers_the_true_error(monkeypatch):
+    from mriae.infer.adapt import adapt_to_volume
+    from mriae.infer.pipeline import SliceStackInferer
+
+    net, clean, noisy = _small_denoiser_and_noisy_crop()
+    net.eval()
+    inferer = SliceStackInferer(context=2, axes=[0])
+    rates = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *a, **k):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    adapted, rec = adapt_to_volume(
+        net, noisy, 2, [0, 1, 2], float("inf"), max_steps=60, crop=32, batch_size=8, lr=1e-3, loss="sure",
+        schedule="cosine",
+    )
+    assert rec["schedule"] == "cosine" and rec["steps"] == 60 and len(rates) == 60
+    assert rates[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[29] == pytest.approx(0.5e-3, rel=0.06) and rates[-1] < 0.01 * 1e-3
+    with torch.no_grad():
+        before = float(((inferer(noisy[None, None], net)[0, 0] - clean) ** 2).mean())
+        after = float(((inferer(noisy[None, None], adapted)[0, 0] - clean) ** 2).mean())
+    assert after < 0.7 * before, (before, after)
+    rates.clear()
+    adapt_to_volume(net, noisy, 2, [0], max_steps=5, crop=32, lr=1e-3)  # the default keeps its rate
+    assert rates == [1e-3] * 5
+    with pytest.raises(ValueError, match="adaptation schedule"):
+        adapt_to_volume(net, noisy, 2, [0], max_steps=1, schedule="step")
 
 
 def test_real_scan_protocol_on_colin27(tmp_path):

@@ -31,6 +31,7 @@ training cohort's); the adaptation works on a copy, so the loaded model is left 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 
@@ -79,6 +80,7 @@ def adapt_to_volume(
     loss: str = "sure",
     sigma: float | None = None,
     epsilon: float = 1e-3,
+    schedule: str = "constant",
 ) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of ``network`` on ``volume`` (X, Y, Z), scaled as the network expects, for
     at most ``seconds`` (or ``max_steps``) with the ``loss`` ``"noise2self"`` (blind spot) or
@@ -86,13 +88,18 @@ def adapt_to_volume(
     (in eval mode) and a record ``{"loss", "steps", "seconds", "loss_first", "loss_last"}`` (the mean
     loss of the first and last tenth of the steps; with SURE the estimated mean squared error
     against the clean scan where the estimate holds, plus the term that holds the clipped voxels)
-    and, for SURE, ``"sigma"``."""
+    and, for SURE, ``"sigma"``. ``schedule``: ``"constant"`` keeps ``lr``; ``"cosine"`` lowers it
+    from ``lr`` to zero along a half cosine over the run (its progress: the larger of steps /
+    ``max_steps`` and elapsed / ``seconds``), so that the last steps average out the noise of the
+    random crops and probes instead of moving by a full step."""
     if loss not in ("noise2self", "sure"):
         raise ValueError(f"adaptation loss {loss!r}: 'noise2self' or 'sure'")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"adaptation schedule {schedule!r}: 'constant' or 'cosine'")
     with torch.inference_mode(False):  # an inference engine's tensors cannot be saved for backward
         return _adapt(
             network, volume.clone(), context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed,
-            loss, sigma, float(epsilon),
+            loss, sigma, float(epsilon), schedule,
         )
 
 
@@ -144,7 +151,9 @@ def sure_loss(
     return sure + ((out - anchor) ** 2 * (1 - w)).sum() / w.numel()
 
 
-def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed, loss, sigma, eps):
+def _adapt(
+    network, volume, context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed, loss, sigma, eps, schedule
+):
     dev = volume.device
     net = copy.deepcopy(network).to(dev)
     net.train()
@@ -169,7 +178,8 @@ def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fracti
         frozen = copy.deepcopy(network).to(dev).eval()  # the output before adaptation, kept where SURE is blind
         sure = (masks, sigma, eps, frozen)
     with torch.enable_grad():  # inference engines run under no_grad
-        _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0, sure)
+        _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0, sure,
+               lr if schedule == "cosine" else None)
     step = len(losses)
     net.eval()
     tenth = max(1, len(losses) // 10)
@@ -178,6 +188,7 @@ def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fracti
         "loss": loss,
         **({"sigma": round(sure[1], 6)} if sure else {}),
         "steps": step,
+        "schedule": schedule,
         "seconds": round(time.perf_counter() - t0, 3),
         "loss_first": sum(values[:tenth]) / tenth,
         "loss_last": sum(values[-tenth:]) / tenth,
@@ -185,10 +196,17 @@ def _adapt(network, volume, context, axes, seconds, lr, batch_size, crop, fracti
     return net, record
 
 
-def _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0, sure) -> None:
+def _train(
+    net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0, sure, cosine_lr
+) -> None:
     dev = offs.device
     step = 0
     while (max_steps is None or step < max_steps) and (time.perf_counter() - t0 < seconds or step == 0):
+        if cosine_lr is not None:  # progress towards whichever bound ends the run first
+            done = max(step / max_steps if max_steps else 0.0,
+                       (time.perf_counter() - t0) / seconds if math.isfinite(seconds) else 0.0)
+            for group in opt.param_groups:
+                group["lr"] = 0.5 * cosine_lr * (1 + math.cos(math.pi * min(done, 1.0)))
         v = views[step % len(views)]
         n, h, w = v.shape[0] - 2 * context, v.shape[1], v.shape[2]
         p_h, p_w = min(crop, h - h % 8), min(crop, w - w % 8)
