@@ -329,6 +329,8 @@ def test_cosine_schedule_lowers_the_learning_rate_to_zero_and_still_lowers_the_t
     rates.clear()
     adapt_to_volume(net, noisy, 2, [0], max_steps=5, crop=32, lr=1e-3)  # the default keeps its rate
     assert rates == [1e-3] * 5
+    _, rec = adapt_to_volume(net, noisy, 2, [0], 0.0, max_steps=None, crop=32, schedule="cosine")
+    assert rec["steps"] == 1  # a zero time budget still takes its one step
     with pytest.raises(ValueError, match="adaptation schedule"):
         adapt_to_volume(net, noisy, 2, [0], max_steps=1, schedule="step")
 

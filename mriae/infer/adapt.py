@@ -204,7 +204,7 @@ def _train(
     while (max_steps is None or step < max_steps) and (time.perf_counter() - t0 < seconds or step == 0):
         if cosine_lr is not None:  # progress towards whichever bound ends the run first
             done = max(step / max_steps if max_steps else 0.0,
-                       (time.perf_counter() - t0) / seconds if math.isfinite(seconds) else 0.0)
+                       (time.perf_counter() - t0) / seconds if 0 < seconds < math.inf else 0.0)
             for group in opt.param_groups:
                 group["lr"] = 0.5 * cosine_lr * (1 + math.cos(math.pi * min(done, 1.0)))
         v = views[step % len(views)]
