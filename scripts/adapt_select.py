@@ -72,30 +72,36 @@ def main(argv=None) -> int:
         grid = [None] + [
             (lr, n, f, sc) for lr in args.lr for n in args.steps for f in args.flips for sc in args.schedules
         ]
-        rows = []
+
+        def overrides(point):  # a grid point (lr, steps, flips, schedule) as inference.json overrides
+            if point is None:
+                return {}
+            lr, steps, flips, schedule = point
+            return {"adapt_loss": args.loss, "adapt_lr": lr, "adapt_steps": steps,
+                    **({"flips": flips} if flips != 1 else {}),
+                    **({"adapt_schedule": schedule} if schedule != "constant" else {})}
+
+        rows, psnr = [], {point: [] for point in grid}
         for cond in args.conditions:
             noisy = corrupt(ref["volume"], cond)
             for point in grid:
-                over = {} if point is None else {"adapt_loss": args.loss, "adapt_lr": point[0], "adapt_steps": point[1],
-                                                 **({"flips": point[2]} if point[2] != 1 else {}),
-                                                 **({"adapt_schedule": point[3]} if point[3] != "constant" else {})}
+                over = overrides(point)
                 out, info = run_bundle(args.bundle, noisy, ref["affine"], over, device=args.device)
                 row = {"condition": cond, **over, **score(out, ref), "seconds": info["seconds"],
                        "adaptation": info.get("adaptation")}
                 rows.append(row)
+                psnr[point].append(row["psnr"])
                 print(f"{cond:14s} {json.dumps(over):70s} {row['psnr']:6.2f} dB  ssim {row['ssim']:.4f}  "
                       f"{row['seconds']:.1f} s", flush=True)
 
-        def mean_psnr(point):  # point: (lr, steps, flips, schedule), or None for no adaptation
-            key = (None, None, 1, "constant") if point is None else point
-            return float(np.mean([r["psnr"] for r in rows if (r.get("adapt_lr"), r.get("adapt_steps"), r.get("flips", 1),
-                                                               r.get("adapt_schedule", "constant")) == key]))
+        def mean_psnr(point):
+            return float(np.mean(psnr[point]))
 
         best = max(grid[1:], key=mean_psnr)
         result = {"bundle": str(args.bundle), "volume": f"{datalist}:{subject}", "loss": args.loss,
                   "conditions": args.conditions, "rows": rows,
-                  "mean_psnr": {("none" if p is None else f"lr={p[0]:g} steps={p[1]} flips={p[2]} schedule={p[3]}"): mean_psnr(p)
-                                for p in grid},
+                  "mean_psnr": {("none" if p is None else f"lr={p[0]:g} steps={p[1]} flips={p[2]} schedule={p[3]}"):
+                                mean_psnr(p) for p in grid},
                   "selected": {"adapt_loss": args.loss, "adapt_lr": best[0], "adapt_steps": best[1], "flips": best[2],
                                "adapt_schedule": best[3]}}
         print("selected", json.dumps(result["selected"]), "mean PSNR", round(mean_psnr(best), 2),

@@ -277,17 +277,22 @@ def test_sure_estimates_the_squared_error_against_the_clean_slices_it_never_sees
     assert volume_sigma(clean) < 0.01
 
 
+def _true_mse(model, noisy, clean) -> float:
+    """Mean squared error against the clean volume of ``model`` run on ``noisy`` (axis 0 slices)."""
+    from mriae.infer.pipeline import SliceStackInferer
+
+    with torch.no_grad():
+        return float(((SliceStackInferer(context=2, axes=[0])(noisy[None, None], model)[0, 0] - clean) ** 2).mean())
+
+
 def test_sure_adaptation_lowers_the_true_error_without_seeing_the_clean_volume():
     from mriae.infer.adapt import adapt_to_volume
-    from mriae.infer.pipeline import SliceStackInferer
 
     net, clean, noisy = _small_denoiser_and_noisy_crop()
     net.eval()
-    inferer = SliceStackInferer(context=2, axes=[0])
 
     def true_mse(model):
-        with torch.no_grad():
-            return float(((inferer(noisy[None, None], model)[0, 0] - clean) ** 2).mean())
+        return _true_mse(model, noisy, clean)
 
     adapted, rec = adapt_to_volume(
         net, noisy, 2, [0, 1, 2], max_steps=60, crop=32, batch_size=8, lr=1e-3, loss="sure"
@@ -302,11 +307,9 @@ def test_sure_adaptation_lowers_the_true_error_without_seeing_the_clean_volume()
 
 def test_cosine_schedule_lowers_the_learning_rate_to_zero_and_still_lowers_the_true_error(monkeypatch):
     from mriae.infer.adapt import adapt_to_volume
-    from mriae.infer.pipeline import SliceStackInferer
 
     net, clean, noisy = _small_denoiser_and_noisy_crop()
     net.eval()
-    inferer = SliceStackInferer(context=2, axes=[0])
     rates = []
     step = torch.optim.Adam.step
 
@@ -322,9 +325,7 @@ def test_cosine_schedule_lowers_the_learning_rate_to_zero_and_still_lowers_the_t
     assert rec["schedule"] == "cosine" and rec["steps"] == 60 and len(rates) == 60
     assert rates[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(rates, rates[1:]))
     assert rates[29] == pytest.approx(0.5e-3, rel=0.06) and rates[-1] < 0.01 * 1e-3
-    with torch.no_grad():
-        before = float(((inferer(noisy[None, None], net)[0, 0] - clean) ** 2).mean())
-        after = float(((inferer(noisy[None, None], adapted)[0, 0] - clean) ** 2).mean())
+    before, after = _true_mse(net, noisy, clean), _true_mse(adapted, noisy, clean)
     assert after < 0.7 * before, (before, after)
     rates.clear()
     adapt_to_volume(net, noisy, 2, [0], max_steps=5, crop=32, lr=1e-3)  # the default keeps its rate
