@@ -5,8 +5,8 @@
         --steps 100 300 1000 --conditions gaussian-0.03 gaussian-0.05 --out docs/adapt_select.json
 
 Runs the trained bundle's own ``inference.json`` (file in, file out: ``mriae.compare.real_scan.run_bundle``)
-with ``adapt_loss`` / ``adapt_lr`` / ``adapt_steps`` / ``flips`` / ``adapt_schedule`` set to each point
-of the grid on one volume of the demo cohort's test split (default: its first subject, ``heldout-000``,
+with ``adapt_loss`` / ``adapt_lr`` / ``adapt_steps`` / ``flips`` / ``adapt_schedule`` /
+``adapt_batch_size`` / ``adapt_crop`` set to each point of the grid on one volume of the demo cohort's test split (default: its first subject, ``heldout-000``,
 a template release never used to make the training subjects), under the real-scan protocol's
 corruptions and scoring, and prints the grid point with the highest mean PSNR over the conditions.
 That point is then the one to run on the real scan (``scripts/real_scan.py``), so the real scan does
@@ -56,6 +56,10 @@ def main(argv=None) -> int:
                     help="test-time flip ensembles (inference.json's flips) to try with each adaptation")
     ap.add_argument("--schedules", nargs="+", default=["constant"], choices=["constant", "cosine"],
                     help="learning-rate schedules of the adaptation (inference.json's adapt_schedule) to try")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8],
+                    help="crops per adaptation step (inference.json's adapt_batch_size) to try")
+    ap.add_argument("--crops", type=int, nargs="+", default=[96],
+                    help="in-plane crop sizes of the adaptation (inference.json's adapt_crop) to try")
     ap.add_argument("--conditions", nargs="+", default=["gaussian-0.03", "gaussian-0.05"])
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="JSON of every grid point's scores")
@@ -69,17 +73,21 @@ def main(argv=None) -> int:
             path = Path(tmp) / f"{subject}.nii.gz"
             nib.save(nib.Nifti1Image(vol, np.eye(4)), path)  # the prepared 1 mm grid
             ref = reference(path)
+        # a grid point: (lr, steps, flips, schedule, batch size, crop); None is no adaptation
         grid = [None] + [
-            (lr, n, f, sc) for lr in args.lr for n in args.steps for f in args.flips for sc in args.schedules
+            (lr, n, f, sc, b, c) for lr in args.lr for n in args.steps for f in args.flips for sc in args.schedules
+            for b in args.batch_sizes for c in args.crops
         ]
 
-        def overrides(point):  # a grid point (lr, steps, flips, schedule) as inference.json overrides
+        def overrides(point):  # a grid point as inference.json overrides (defaults left out)
             if point is None:
                 return {}
-            lr, steps, flips, schedule = point
+            lr, steps, flips, schedule, batch, crop = point
             return {"adapt_loss": args.loss, "adapt_lr": lr, "adapt_steps": steps,
                     **({"flips": flips} if flips != 1 else {}),
-                    **({"adapt_schedule": schedule} if schedule != "constant" else {})}
+                    **({"adapt_schedule": schedule} if schedule != "constant" else {}),
+                    **({"adapt_batch_size": batch} if batch != 8 else {}),
+                    **({"adapt_crop": crop} if crop != 96 else {})}
 
         rows, psnr = [], {point: [] for point in grid}
         for cond in args.conditions:
@@ -100,10 +108,11 @@ def main(argv=None) -> int:
         best = max(grid[1:], key=mean_psnr)
         result = {"bundle": str(args.bundle), "volume": f"{datalist}:{subject}", "loss": args.loss,
                   "conditions": args.conditions, "rows": rows,
-                  "mean_psnr": {("none" if p is None else f"lr={p[0]:g} steps={p[1]} flips={p[2]} schedule={p[3]}"):
+                  "mean_psnr": {("none" if p is None else
+                                 "lr={:g} steps={} flips={} schedule={} batch={} crop={}".format(*p)):
                                 mean_psnr(p) for p in grid},
                   "selected": {"adapt_loss": args.loss, "adapt_lr": best[0], "adapt_steps": best[1], "flips": best[2],
-                               "adapt_schedule": best[3]}}
+                               "adapt_schedule": best[3], "adapt_batch_size": best[4], "adapt_crop": best[5]}}
         print("selected", json.dumps(result["selected"]), "mean PSNR", round(mean_psnr(best), 2),
               "without adaptation", round(mean_psnr(None), 2))
         if args.out:

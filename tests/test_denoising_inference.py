@@ -86,9 +86,11 @@ def test_inference_config_adapts_by_sure_for_the_steps_asked(tmp_path):
     noisy = data + 0.03 * data.max() * np.random.default_rng(0).standard_normal(data.shape).astype(np.float32)
     src = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(noisy, aff), src)
-    rec = _run(root, src, tmp_path / "out", adapt_steps=3, slice_batch_size=64, adapt_schedule="cosine")
+    rec = _run(root, src, tmp_path / "out", adapt_steps=3, slice_batch_size=64, adapt_schedule="cosine",
+               adapt_batch_size=4, adapt_crop=32)
     assert rec.adaptation["loss"] == "sure" and rec.adaptation["steps"] == 3
     assert rec.adaptation["schedule"] == "cosine"  # inference.json's adapt_schedule reaches the adaptation
+    assert rec.adaptation["batch_size"] == 4 and rec.adaptation["crop"] == 32  # and its batch of crops
     assert 0.02 < rec.adaptation["sigma"] < 0.05  # the scan's own noise, read from the scaled input
     out = nib.load(tmp_path / "out" / "scan_recon.nii.gz").get_fdata(dtype=np.float32)
     assert out.shape == noisy.shape and not np.array_equal(out, noisy)  # the adapted copy changed it
@@ -334,6 +336,21 @@ def test_cosine_schedule_lowers_the_learning_rate_to_zero_and_still_lowers_the_t
     assert rec["steps"] == 1  # a zero time budget still takes its one step
     with pytest.raises(ValueError, match="adaptation schedule"):
         adapt_to_volume(net, noisy, 2, [0], max_steps=1, schedule="step")
+
+
+def test_each_adaptation_step_trains_on_the_batch_of_crops_asked():
+    from mriae.infer.adapt import adapt_to_volume
+
+    net, _, noisy = _small_denoiser_and_noisy_crop()
+    shapes = set()
+    net.register_forward_pre_hook(lambda m, args: shapes.add(tuple(args[0].shape)))  # copied with the network
+    _, rec = adapt_to_volume(net, noisy, 2, [0], max_steps=2, batch_size=3, crop=16, lr=1e-3)
+    assert rec["batch_size"] == 3 and rec["crop"] == 16
+    # SURE runs the adapted copy on the crops and their nudged twins at once, the frozen copy on the crops
+    assert shapes == {(6, 5, 16, 16), (3, 5, 16, 16)}
+    for bad in ({"batch_size": 0}, {"crop": 20}, {"crop": 0}):
+        with pytest.raises(ValueError, match="adaptation batch_size"):
+            adapt_to_volume(net, noisy, 2, [0], max_steps=1, **bad)
 
 
 def test_real_scan_protocol_on_colin27(tmp_path):

@@ -85,7 +85,8 @@ def adapt_to_volume(
     """Fine-tune a copy of ``network`` on ``volume`` (X, Y, Z), scaled as the network expects, for
     at most ``seconds`` (or ``max_steps``) with the ``loss`` ``"noise2self"`` (blind spot) or
     ``"sure"`` (noise of ``sigma``, estimated from the volume when None). Returns the adapted copy
-    (in eval mode) and a record ``{"loss", "steps", "seconds", "loss_first", "loss_last"}`` (the mean
+    (in eval mode) and a record ``{"loss", "steps", "schedule", "batch_size", "crop", "seconds",
+    "loss_first", "loss_last"}`` (each step trains on ``batch_size`` random ``crop`` x ``crop`` stacks; the mean
     loss of the first and last tenth of the steps; with SURE the estimated mean squared error
     against the clean scan where the estimate holds, plus the term that holds the clipped voxels)
     and, for SURE, ``"sigma"``. ``schedule``: ``"constant"`` keeps ``lr``; ``"cosine"`` lowers it
@@ -96,9 +97,11 @@ def adapt_to_volume(
         raise ValueError(f"adaptation loss {loss!r}: 'noise2self' or 'sure'")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"adaptation schedule {schedule!r}: 'constant' or 'cosine'")
+    if int(batch_size) < 1 or int(crop) < 8 or int(crop) % 8:
+        raise ValueError(f"adaptation batch_size {batch_size!r} and crop {crop!r}: at least 1, and a multiple of 8")
     with torch.inference_mode(False):  # an inference engine's tensors cannot be saved for backward
         return _adapt(
-            network, volume.clone(), context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed,
+            network, volume.clone(), context, axes, seconds, lr, int(batch_size), int(crop), fraction, max_steps, seed,
             loss, sigma, float(epsilon), schedule,
         )
 
@@ -189,6 +192,8 @@ def _adapt(
         **({"sigma": round(sure[1], 6)} if sure else {}),
         "steps": step,
         "schedule": schedule,
+        "batch_size": batch_size,
+        "crop": crop,
         "seconds": round(time.perf_counter() - t0, 3),
         "loss_first": sum(values[:tenth]) / tenth,
         "loss_last": sum(values[-tenth:]) / tenth,
