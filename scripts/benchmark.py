@@ -15,7 +15,10 @@ Measured in ONE process on one device, so the figures are ratios of each other:
             DataLoader with worker processes, the same network and trainer;
 - infer:    a 256x256x150 IXI-like volume through inference.json's pipeline, slice-wise, on the
             input grid; file read and write reported separately;
-- prepare:  volumes per second of the prepare step (2 worker processes).
+- prepare:  volumes per second of the prepare step (2 worker processes);
+- adapt:    milliseconds per step of the self-supervised adaptation (SURE, ``mriae.infer.adapt``) on that
+            volume with noise of sigma 0.03, for each ``--adapt-points`` batch x crop, eager and (on a
+            CUDA device) replayed from a CUDA graph, in turn.
 Each figure is the median of ``--repeats`` timed runs after a warm-up; pure and ours are timed in
 turn and their ratio is the median of the ratios of neighbouring runs.
 """
@@ -358,6 +361,45 @@ def bench_infer(args, device, threads: int | None = None) -> dict:
     return out
 
 
+def bench_adapt(args, device) -> dict:
+    """Milliseconds per SURE adaptation step of inference.json's network on a noisy IXI-sized volume,
+    per batch x crop, eager and graphed (CUDA only), each the median of ``--repeats`` runs in turn."""
+    from monai.bundle import ConfigParser
+
+    from mriae.infer.adapt import adapt_to_volume
+
+    tmp = Path(tempfile.mkdtemp())
+    ixi_like_volume(tmp / "v.nii.gz")
+    import nibabel as nib
+
+    v = torch.from_numpy(nib.load(str(tmp / "v.nii.gz")).get_fdata(dtype=np.float32)).to(device)
+    v = (v / torch.quantile(v[v > 0][::97], 0.995)).clamp(0, 1)
+    g = torch.Generator(device=device).manual_seed(0)
+    noisy = (v + 0.03 * torch.randn(v.shape, generator=g, device=device)).clamp(0, 1)
+    p = ConfigParser()
+    p.read_config(str(INFER))
+    p["device"] = f"$torch.device('{device}')"
+    net = p.get_parsed_content("network").eval()
+    context = int(p["context"])
+    modes = [False, True] if device.type == "cuda" else [False]
+    out: dict = {"steps": args.adapt_steps, "shape": [256, 256, 150]}
+    for point in args.adapt_points.split(","):
+        b, c = (int(x) for x in point.split("x"))
+        runs: dict = {str(m): [] for m in modes}
+        for _ in range(args.repeats):
+            for m in modes:
+                _, rec = adapt_to_volume(net, noisy, context, (0, 1, 2), float("inf"), batch_size=b, crop=c,
+                                         max_steps=args.adapt_steps, sigma=0.03, cuda_graph=m)
+                sync(device)
+                runs[str(m)].append(1000 * rec["seconds"] / rec["steps"])
+                assert rec["cuda_graph"] == m, rec
+        out[point] = {("graph" if m else "eager") + "_ms_per_step": statistics.median(runs[str(m)]) for m in modes}
+        out[point]["runs"] = runs
+        if len(modes) == 2:
+            out[point]["eager_over_graph"] = out[point]["eager_ms_per_step"] / out[point]["graph_ms_per_step"]
+    return out
+
+
 def bench_prepare(args) -> dict:
     from mriae.prepare.pipeline import prepare
     from mriae.prepare.preprocessing import PreprocessConfig
@@ -387,6 +429,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prefetch", type=int, default=0, help="batches the loader prepares ahead in a thread")
     ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                     help="the loader's gather + corruption as one CUDA graph (default: on with CUDA, as the bundles)")
+    ap.add_argument("--adapt-steps", type=int, default=200, help="SURE steps per timed adaptation (--only adapt)")
+    ap.add_argument("--adapt-points", default="8x96,32x160", help="batch x crop of the adaptation steps timed")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--iters-standard", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=20)
@@ -462,6 +506,8 @@ def main(argv=None) -> int:
             res["infer"]["cpu"] = bench_infer(args, torch.device("cpu"), threads=args.cpu_threads_infer)
     if "prepare" in only:
         res["prepare"] = bench_prepare(args)
+    if "adapt" in only:
+        res["adapt"] = bench_adapt(args, device)
     if args.profile:  # what the GPU (or CPU) does in the pure step and in ours, same iterations
         from torch.profiler import ProfilerActivity, profile
 

@@ -351,6 +351,38 @@ def test_each_adaptation_step_trains_on_the_batch_of_crops_asked():
     for bad in ({"batch_size": 0}, {"crop": 20}, {"crop": 0}):
         with pytest.raises(ValueError, match="adaptation batch_size"):
             adapt_to_volume(net, noisy, 2, [0], max_steps=1, **bad)
+    # one crop shape for both views, cut down to the smallest slice of either (a graph replays one shape)
+    shapes.clear()
+    part = noisy[:, :21, :27]
+    assert part.shape[0] >= 32  # the slices along axis 1 (X x 27) alone would give 32 x 24 crops
+    _, rec = adapt_to_volume(net, part, 2, [0, 1], max_steps=3, batch_size=2, crop=32, lr=1e-3)
+    assert shapes == {(4, 5, 16, 24), (2, 5, 16, 24)} and not rec["cuda_graph"]  # never on a CPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("loss,schedule", [("sure", "constant"), ("sure", "cosine"), ("noise2self", "constant")])
+def test_adaptation_replayed_from_a_cuda_graph_takes_the_same_steps_as_eager(loss, schedule, monkeypatch):
+    from mriae.infer.adapt import adapt_to_volume
+
+    # full fp32 and deterministic convolutions: SURE's divergence divides an output difference by 1e-3,
+    # so TF32 rounding and atomics would make any two runs differ, graphed or not
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    net, clean, noisy = _small_denoiser_and_noisy_crop()
+    net, clean, noisy = net.cuda().eval(), clean.cuda(), noisy.cuda()
+    kw = dict(max_steps=40, crop=32, batch_size=8, lr=1e-3, loss=loss, schedule=schedule)
+    eager, rec_e = adapt_to_volume(net, noisy, 2, [0, 1, 2], float("inf"), cuda_graph=False, **kw)
+    graphed, rec_g = adapt_to_volume(net, noisy, 2, [0, 1, 2], float("inf"), cuda_graph=True, **kw)
+    assert not rec_e["cuda_graph"] and rec_g["cuda_graph"] and rec_g["steps"] == rec_e["steps"] == 40
+    assert rec_g["loss_first"] == pytest.approx(rec_e["loss_first"], rel=1e-3)  # the eager warm-up steps
+    assert rec_g["loss_last"] == pytest.approx(rec_e["loss_last"], rel=1e-2)
+    before = _true_mse(net, noisy, clean)
+    out_e, out_g = (_true_mse(m, noisy, clean) for m in (eager, graphed))
+    assert out_g == pytest.approx(out_e, rel=1e-2) and max(out_e, out_g) < before
+    moved = [(a - b).abs().max() / (a - c).abs().max().clamp_min(1e-12)
+             for a, b, c in zip(eager.parameters(), graphed.parameters(), net.parameters())]
+    assert max(moved) < 0.05  # the graphed weights differ from the eager ones by < 5 % of the distance adapted
 
 
 def test_real_scan_protocol_on_colin27(tmp_path):
