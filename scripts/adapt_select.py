@@ -6,7 +6,7 @@
 
 Runs the trained bundle's own ``inference.json`` (file in, file out: ``mriae.compare.real_scan.run_bundle``)
 with ``adapt_loss`` / ``adapt_lr`` / ``adapt_steps`` / ``flips`` / ``adapt_schedule`` /
-``adapt_batch_size`` / ``adapt_crop`` set to each point of the grid on one volume of the demo cohort's test split (default: its first subject, ``heldout-000``,
+``adapt_batch_size`` / ``adapt_crop`` (and, with ``--cuda-graph``, ``adapt_cuda_graph``) set to each point of the grid on one volume of the demo cohort's test split (default: its first subject, ``heldout-000``,
 a template release never used to make the training subjects), under the real-scan protocol's
 corruptions and scoring, and prints the grid point with the highest mean PSNR over the conditions.
 That point is then the one to run on the real scan (``scripts/real_scan.py``), so the real scan does
@@ -38,6 +38,20 @@ def demo_test_volume(datalist: Path, subject: str | None) -> tuple[str, np.ndarr
     return r["subject"], np.load(datalist.parent / r["image"]).astype(np.float32)
 
 
+def point_overrides(point: tuple | None, loss: str, cuda_graph: bool = False) -> dict:
+    """A grid point ``(lr, steps, flips, schedule, batch size, crop)`` as ``inference.json`` overrides
+    (``None``: no adaptation). The batch and crop are always given, never left to the bundle's
+    defaults, so a row says what ran."""
+    if point is None:
+        return {}
+    lr, steps, flips, schedule, batch, crop = point
+    return {"adapt_loss": loss, "adapt_lr": lr, "adapt_steps": steps,
+            **({"flips": flips} if flips != 1 else {}),
+            **({"adapt_schedule": schedule} if schedule != "constant" else {}),
+            "adapt_batch_size": batch, "adapt_crop": crop,
+            **({"adapt_cuda_graph": True} if cuda_graph else {})}
+
+
 def main(argv=None) -> int:
     import mriae
     from mriae.compare.real_scan import corrupt, reference, run_bundle, score
@@ -56,16 +70,23 @@ def main(argv=None) -> int:
                     help="test-time flip ensembles (inference.json's flips) to try with each adaptation")
     ap.add_argument("--schedules", nargs="+", default=["constant"], choices=["constant", "cosine"],
                     help="learning-rate schedules of the adaptation (inference.json's adapt_schedule) to try")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8],
-                    help="crops per adaptation step (inference.json's adapt_batch_size) to try")
-    ap.add_argument("--crops", type=int, nargs="+", default=[96],
-                    help="in-plane crop sizes of the adaptation (inference.json's adapt_crop) to try")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                    help="crops per adaptation step (inference.json's adapt_batch_size) to try "
+                         "(default: the bundle's inference.json)")
+    ap.add_argument("--crops", type=int, nargs="+", default=None,
+                    help="in-plane crop sizes of the adaptation (inference.json's adapt_crop) to try "
+                         "(default: the bundle's inference.json)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="replay the adaptation steps from a CUDA graph (inference.json's adapt_cuda_graph)")
     ap.add_argument("--conditions", nargs="+", default=["gaussian-0.03", "gaussian-0.05"])
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="JSON of every grid point's scores")
     args = ap.parse_args(argv)
     try:
         train = bundle_config(args.bundle)
+        infer = bundle_config(args.bundle, Path(args.bundle) / "configs" / "inference.json")
+        batch_sizes = args.batch_sizes or [int(infer["adapt_batch_size"])]
+        crops = args.crops or [int(infer["adapt_crop"])]
         data_dir = args.dataset_dir or f"{mriae.default_data_dir()}/demo-heads"
         datalist = Path(ensure_datalist(data_dir, train.get("plan")))
         subject, vol = demo_test_volume(datalist, args.subject)
@@ -76,24 +97,14 @@ def main(argv=None) -> int:
         # a grid point: (lr, steps, flips, schedule, batch size, crop); None is no adaptation
         grid = [None] + [
             (lr, n, f, sc, b, c) for lr in args.lr for n in args.steps for f in args.flips for sc in args.schedules
-            for b in args.batch_sizes for c in args.crops
+            for b in batch_sizes for c in crops
         ]
-
-        def overrides(point):  # a grid point as inference.json overrides (defaults left out)
-            if point is None:
-                return {}
-            lr, steps, flips, schedule, batch, crop = point
-            return {"adapt_loss": args.loss, "adapt_lr": lr, "adapt_steps": steps,
-                    **({"flips": flips} if flips != 1 else {}),
-                    **({"adapt_schedule": schedule} if schedule != "constant" else {}),
-                    **({"adapt_batch_size": batch} if batch != 8 else {}),
-                    **({"adapt_crop": crop} if crop != 96 else {})}
 
         rows, psnr = [], {point: [] for point in grid}
         for cond in args.conditions:
             noisy = corrupt(ref["volume"], cond)
             for point in grid:
-                over = overrides(point)
+                over = point_overrides(point, args.loss, args.cuda_graph)
                 out, info = run_bundle(args.bundle, noisy, ref["affine"], over, device=args.device)
                 row = {"condition": cond, **over, **score(out, ref), "seconds": info["seconds"],
                        "adaptation": info.get("adaptation")}
@@ -112,7 +123,8 @@ def main(argv=None) -> int:
                                  "lr={:g} steps={} flips={} schedule={} batch={} crop={}".format(*p)):
                                 mean_psnr(p) for p in grid},
                   "selected": {"adapt_loss": args.loss, "adapt_lr": best[0], "adapt_steps": best[1], "flips": best[2],
-                               "adapt_schedule": best[3], "adapt_batch_size": best[4], "adapt_crop": best[5]}}
+                               "adapt_schedule": best[3], "adapt_batch_size": best[4], "adapt_crop": best[5],
+                               "adapt_cuda_graph": args.cuda_graph}}
         print("selected", json.dumps(result["selected"]), "mean PSNR", round(mean_psnr(best), 2),
               "without adaptation", round(mean_psnr(None), 2))
         if args.out:

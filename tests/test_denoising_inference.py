@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import NATIVE_PLAN
+from conftest import NATIVE_PLAN, REPO
 from conftest import identity_bundle as _identity_bundle
 from conftest import template_crop as _template_crop
 from monai.bundle import ConfigParser
@@ -418,3 +418,25 @@ def test_real_scan_audits_each_bundle_before_running_it(tmp_path, capsys):
     err = capsys.readouterr().out
     assert rc == 2 and not marker.exists() and not (tmp_path / "o").exists()
     assert "refused, 1 audit failure" in err and "__import__" in err and "--trust-bundle" in err
+
+
+def test_adapt_select_grid_points_name_their_batch_and_crop_and_reach_the_inferer():
+    """A grid point of scripts/adapt_select.py sets every adaptation key it tries, even where it equals a
+    value that was once the default, so what ran is what its row says."""
+    import importlib.util
+
+    from mriae.config import bundle_config
+
+    spec = importlib.util.spec_from_file_location("adapt_select", REPO / "scripts" / "adapt_select.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.point_overrides(None, "sure") == {}
+    over = mod.point_overrides((3e-4, 900, 1, "constant", 8, 96), "sure", cuda_graph=True)
+    root = REPO / "bundles" / "res_unet"
+    parser = bundle_config(root, root / "configs" / "inference.json", overrides=over)
+    kwargs = parser.get_parsed_content("inferer#adapt_kwargs")
+    assert kwargs == {"loss": "sure", "lr": 3e-4, "schedule": "constant", "batch_size": 8, "crop": 96,
+                      "cuda_graph": True}
+    assert parser.get_parsed_content("adapt_steps") == 900
+    default = bundle_config(root, root / "configs" / "inference.json").get_parsed_content("inferer#adapt_kwargs")
+    assert default["cuda_graph"] is False and (default["batch_size"], default["crop"]) == (32, 160)
