@@ -6,7 +6,7 @@
 
 Runs the trained bundle's own ``inference.json`` (file in, file out: ``mriae.compare.real_scan.run_bundle``)
 with ``adapt_loss`` / ``adapt_lr`` / ``adapt_steps`` / ``flips`` / ``adapt_schedule`` /
-``adapt_batch_size`` / ``adapt_crop`` (and, with ``--cuda-graph``, ``adapt_cuda_graph``) set to each point of the grid on one volume of the demo cohort's test split (default: its first subject, ``heldout-000``,
+``adapt_batch_size`` / ``adapt_crop`` (and ``adapt_cuda_graph`` / ``adapt_seconds`` when asked) set to each point of the grid on one volume of the demo cohort's test split (default: its first subject, ``heldout-000``,
 a template release never used to make the training subjects), under the real-scan protocol's
 corruptions and scoring, and prints the grid point with the highest mean PSNR over the conditions.
 That point is then the one to run on the real scan (``scripts/real_scan.py``), so the real scan does
@@ -38,10 +38,10 @@ def demo_test_volume(datalist: Path, subject: str | None) -> tuple[str, np.ndarr
     return r["subject"], np.load(datalist.parent / r["image"]).astype(np.float32)
 
 
-def point_overrides(point: tuple | None, loss: str, cuda_graph: bool = False) -> dict:
+def point_overrides(point: tuple | None, loss: str, cuda_graph: bool | None = None, seconds: float = 0.0) -> dict:
     """A grid point ``(lr, steps, flips, schedule, batch size, crop)`` as ``inference.json`` overrides
-    (``None``: no adaptation). The batch and crop are always given, never left to the bundle's
-    defaults, so a row says what ran."""
+    (``None``: no adaptation); ``seconds`` > 0 also bounds each adaptation's time. The batch and crop
+    are always given, never left to the bundle's defaults, so a row says what ran."""
     if point is None:
         return {}
     lr, steps, flips, schedule, batch, crop = point
@@ -49,7 +49,8 @@ def point_overrides(point: tuple | None, loss: str, cuda_graph: bool = False) ->
             **({"flips": flips} if flips != 1 else {}),
             **({"adapt_schedule": schedule} if schedule != "constant" else {}),
             "adapt_batch_size": batch, "adapt_crop": crop,
-            **({"adapt_cuda_graph": True} if cuda_graph else {})}
+            **({"adapt_cuda_graph": bool(cuda_graph)} if cuda_graph is not None else {}),
+            **({"adapt_seconds": seconds} if seconds > 0 else {})}
 
 
 def main(argv=None) -> int:
@@ -76,8 +77,12 @@ def main(argv=None) -> int:
     ap.add_argument("--crops", type=int, nargs="+", default=None,
                     help="in-plane crop sizes of the adaptation (inference.json's adapt_crop) to try "
                          "(default: the bundle's inference.json)")
-    ap.add_argument("--cuda-graph", action="store_true",
-                    help="replay the adaptation steps from a CUDA graph (inference.json's adapt_cuda_graph)")
+    ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                    help="replay the adaptation steps from a CUDA graph or not (inference.json's adapt_cuda_graph; "
+                         "default: the bundle's)")
+    ap.add_argument("--seconds", type=float, default=0.0,
+                    help="also bound each adaptation's time (inference.json's adapt_seconds; whichever of it "
+                         "and --steps ends first)")
     ap.add_argument("--conditions", nargs="+", default=["gaussian-0.03", "gaussian-0.05"])
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="JSON of every grid point's scores")
@@ -104,14 +109,15 @@ def main(argv=None) -> int:
         for cond in args.conditions:
             noisy = corrupt(ref["volume"], cond)
             for point in grid:
-                over = point_overrides(point, args.loss, args.cuda_graph)
+                over = point_overrides(point, args.loss, args.cuda_graph, args.seconds)
                 out, info = run_bundle(args.bundle, noisy, ref["affine"], over, device=args.device)
                 row = {"condition": cond, **over, **score(out, ref), "seconds": info["seconds"],
                        "adaptation": info.get("adaptation")}
                 rows.append(row)
                 psnr[point].append(row["psnr"])
                 print(f"{cond:14s} {json.dumps(over):70s} {row['psnr']:6.2f} dB  ssim {row['ssim']:.4f}  "
-                      f"{row['seconds']:.1f} s", flush=True)
+                      f"{row['seconds']:.1f} s" + (f"  ({a['steps']} steps in {a['seconds']} s)"
+                                                   if (a := row["adaptation"]) else ""), flush=True)
 
         def mean_psnr(point):
             return float(np.mean(psnr[point]))
@@ -124,7 +130,8 @@ def main(argv=None) -> int:
                                 mean_psnr(p) for p in grid},
                   "selected": {"adapt_loss": args.loss, "adapt_lr": best[0], "adapt_steps": best[1], "flips": best[2],
                                "adapt_schedule": best[3], "adapt_batch_size": best[4], "adapt_crop": best[5],
-                               "adapt_cuda_graph": args.cuda_graph}}
+                               **({"adapt_cuda_graph": args.cuda_graph} if args.cuda_graph is not None else {}),
+                               **({"adapt_seconds": args.seconds} if args.seconds > 0 else {})}}
         print("selected", json.dumps(result["selected"]), "mean PSNR", round(mean_psnr(best), 2),
               "without adaptation", round(mean_psnr(None), 2))
         if args.out:

@@ -27,13 +27,15 @@ of other corruptions (pixel dropout).
 Batch norm layers stay in evaluation mode (the statistics of one volume's crops would replace the
 training cohort's); the adaptation works on a copy, so the loaded model is left as it was.
 
-``cuda_graph=True`` (off by default): on a CUDA device each step (the frozen network's output, the
-loss, its backward and Adam's update) is captured once into a CUDA graph after a few eager steps and
-then replayed; the random crops and probes are drawn as before, outside the graph. What goes is the
-launching of several hundred small kernels one by one from Python: on an H200 a step of 8 crops of
-96 px takes 2.8 ms instead of 8.8 ms, while one of 32 crops of 160 px (compute-bound) gains 2 %
-(docs/performance.md). It stays off until its steps are shown on a GPU to match the eager ones
-(tests/test_denoising_inference.py has the check; a stricter first form of it failed on the H200).
+``cuda_graph=True`` (the bundles' ``inference.json`` turns it on with ``adapt_cuda_graph``): on a CUDA
+device each step (the frozen network's output, the loss, its backward and Adam's update) is captured
+once into a CUDA graph after a few eager steps and then replayed; the random crops and probes are
+drawn as before, outside the graph. What goes is the launching of several hundred small kernels one
+by one from Python: on an H200 a step of 8 crops of 96 px takes 2.8 ms instead of 8.8 ms, while one of
+32 crops of 160 px (compute-bound) gains 2 % (docs/performance.md). A graph needs Adam's
+``capturable`` form (its step counts and rate on the device); replaying the captured step takes
+exactly the eager step of that optimiser (tests/test_denoising_inference.py, run on an H100), while
+the plain Adam of an eager run rounds differently, so the two runs part like runs with two seeds.
 """
 
 from __future__ import annotations
@@ -320,6 +322,9 @@ def _train(
             w = mask.to(stacks.dtype)
             return (((net(x) - stacks[:, context : context + 1]) ** 2) * w).sum() / w.sum().clamp_min(1.0)
     run = _Step(opt, loss_fn, graph)
+    # with a time bound on a CUDA device, wait for the device every few steps: the host would otherwise
+    # queue steps (replays above all) far ahead of the device and overrun the bound
+    sync_every = 8 if dev.type == "cuda" and seconds < math.inf else 0
     step = 0
     while (max_steps is None or step < max_steps) and (time.perf_counter() - t0 < seconds or step == 0):
         if cosine_lr is not None:  # progress towards whichever bound ends the run first
@@ -342,4 +347,6 @@ def _train(
             mask = torch.rand((batch_size, 1, p_h, p_w), generator=g, device=dev) < fraction
             losses.append(run(stacks, mask))
         step += 1
+        if sync_every and step % sync_every == 0:
+            torch.cuda.synchronize(dev)
     return run.graph is not None
