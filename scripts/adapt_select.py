@@ -128,10 +128,8 @@ def main(argv=None) -> int:
                   "mean_psnr": {("none" if p is None else
                                  "lr={:g} steps={} flips={} schedule={} batch={} crop={}".format(*p)):
                                 mean_psnr(p) for p in grid},
-                  "selected": {"adapt_loss": args.loss, "adapt_lr": best[0], "adapt_steps": best[1], "flips": best[2],
-                               "adapt_schedule": best[3], "adapt_batch_size": best[4], "adapt_crop": best[5],
-                               **({"adapt_cuda_graph": args.cuda_graph} if args.cuda_graph is not None else {}),
-                               **({"adapt_seconds": args.seconds} if args.seconds > 0 else {})}}
+                  "selected": {**point_overrides(best, args.loss, args.cuda_graph, args.seconds),
+                               "flips": best[2], "adapt_schedule": best[3]}}
         print("selected", json.dumps(result["selected"]), "mean PSNR", round(mean_psnr(best), 2),
               "without adaptation", round(mean_psnr(None), 2))
         if args.out:

@@ -369,12 +369,12 @@ def test_adaptation_replayed_from_a_cuda_graph_takes_the_same_steps_as_eager(los
     matmul_tf32 = torch.backends.cuda.matmul.allow_tf32  # a property of cuBLAS: monkeypatch cannot undo it
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        _graph_against_eager(loss, schedule)
+        _graph_against_eager(loss, schedule, monkeypatch)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
-def _graph_against_eager(loss, schedule):
+def _graph_against_eager(loss, schedule, monkeypatch):
     import mriae.infer.adapt as adapt
 
     class EagerStep(adapt._Step):  # the same optimiser as a graphed run (capturable Adam), never captured
@@ -385,12 +385,8 @@ def _graph_against_eager(loss, schedule):
     net, clean, noisy = net.cuda().eval(), clean.cuda(), noisy.cuda()
     kw = dict(max_steps=40, crop=32, batch_size=8, lr=1e-3, loss=loss, schedule=schedule)
     graphed, rec_g = adapt.adapt_to_volume(net, noisy, 2, [0, 1, 2], float("inf"), cuda_graph=True, **kw)
-    graph_step = adapt._Step
-    adapt._Step = EagerStep
-    try:
-        eager, rec_e = adapt.adapt_to_volume(net, noisy, 2, [0, 1, 2], float("inf"), cuda_graph=True, **kw)
-    finally:
-        adapt._Step = graph_step
+    monkeypatch.setattr(adapt, "_Step", EagerStep)
+    eager, rec_e = adapt.adapt_to_volume(net, noisy, 2, [0, 1, 2], float("inf"), cuda_graph=True, **kw)
     assert rec_g["cuda_graph"] and not rec_e["cuda_graph"] and rec_g["steps"] == rec_e["steps"] == 40
     # replaying the captured step is taking the eager step: the same losses and weights
     assert rec_g["loss_last"] == pytest.approx(rec_e["loss_last"], rel=1e-6)
