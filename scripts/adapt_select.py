@@ -16,6 +16,7 @@ not choose it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -38,19 +39,42 @@ def demo_test_volume(datalist: Path, subject: str | None) -> tuple[str, np.ndarr
     return r["subject"], np.load(datalist.parent / r["image"]).astype(np.float32)
 
 
+def parse_also(specs: list[str]) -> list[list[tuple[str, str]]]:
+    """``--also KEY=V1|V2`` options as, per key, its ``(key, JSON text)`` choices (a value that is not
+    JSON is a string)."""
+    from mriae.errors import InputError
+
+    out = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key or not values:
+            raise InputError(f"--also {spec!r}: KEY=VALUE1|VALUE2 (an inference.json key, e.g. "
+                             "inferer#adapt_kwargs#probe=gaussian|rademacher)")
+        choices = []
+        for v in values.split("|"):
+            try:
+                choices.append((key, json.dumps(json.loads(v))))
+            except json.JSONDecodeError:
+                choices.append((key, json.dumps(v)))
+        out.append(choices)
+    return out
+
+
 def point_overrides(point: tuple | None, loss: str, cuda_graph: bool | None = None, seconds: float = 0.0) -> dict:
-    """A grid point ``(lr, steps, flips, schedule, batch size, crop)`` as ``inference.json`` overrides
-    (``None``: no adaptation); ``seconds`` > 0 also bounds each adaptation's time. The batch and crop
-    are always given, never left to the bundle's defaults, so a row says what ran."""
+    """A grid point ``(lr, steps, flips, schedule, batch size, crop[, extra])`` as ``inference.json``
+    overrides (``None``: no adaptation; ``extra``: ``(key, JSON text)`` pairs of ``--also``);
+    ``seconds`` > 0 also bounds each adaptation's time. The batch and crop are always given, never
+    left to the bundle's defaults, so a row says what ran."""
     if point is None:
         return {}
-    lr, steps, flips, schedule, batch, crop = point
+    lr, steps, flips, schedule, batch, crop, *rest = point
+    extra = {k: json.loads(v) for k, v in (rest[0] if rest else ())}
     return {"adapt_loss": loss, "adapt_lr": lr, "adapt_steps": steps,
             **({"flips": flips} if flips != 1 else {}),
             **({"adapt_schedule": schedule} if schedule != "constant" else {}),
             "adapt_batch_size": batch, "adapt_crop": crop,
             **({"adapt_cuda_graph": bool(cuda_graph)} if cuda_graph is not None else {}),
-            **({"adapt_seconds": seconds} if seconds > 0 else {})}
+            **({"adapt_seconds": seconds} if seconds > 0 else {}), **extra}
 
 
 def main(argv=None) -> int:
@@ -83,6 +107,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=0.0,
                     help="also bound each adaptation's time (inference.json's adapt_seconds; whichever of it "
                          "and --steps ends first)")
+    ap.add_argument("--also", action="append", default=[], metavar="KEY=V1|V2",
+                    help="also try these values of another inference.json key (JSON, or a string), e.g. "
+                         "inferer#adapt_kwargs#probe=gaussian|rademacher; repeatable")
     ap.add_argument("--conditions", nargs="+", default=["gaussian-0.03", "gaussian-0.05"])
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=None, help="JSON of every grid point's scores")
@@ -99,10 +126,11 @@ def main(argv=None) -> int:
             path = Path(tmp) / f"{subject}.nii.gz"
             nib.save(nib.Nifti1Image(vol, np.eye(4)), path)  # the prepared 1 mm grid
             ref = reference(path)
-        # a grid point: (lr, steps, flips, schedule, batch size, crop); None is no adaptation
+        # a grid point: (lr, steps, flips, schedule, batch size, crop, extra keys); None is no adaptation
+        extras = [tuple(e) for e in itertools.product(*parse_also(args.also))]
         grid = [None] + [
-            (lr, n, f, sc, b, c) for lr in args.lr for n in args.steps for f in args.flips for sc in args.schedules
-            for b in batch_sizes for c in crops
+            (lr, n, f, sc, b, c, e) for lr in args.lr for n in args.steps for f in args.flips for sc in args.schedules
+            for b in batch_sizes for c in crops for e in extras
         ]
 
         rows, psnr = [], {point: [] for point in grid}
@@ -126,7 +154,8 @@ def main(argv=None) -> int:
         result = {"bundle": str(args.bundle), "volume": f"{datalist}:{subject}", "loss": args.loss,
                   "conditions": args.conditions, "rows": rows,
                   "mean_psnr": {("none" if p is None else
-                                 "lr={:g} steps={} flips={} schedule={} batch={} crop={}".format(*p)):
+                                 "lr={:g} steps={} flips={} schedule={} batch={} crop={}".format(*p[:6])
+                                 + "".join(f" {k}={v}" for k, v in p[6])):
                                 mean_psnr(p) for p in grid},
                   "selected": {**point_overrides(best, args.loss, args.cuda_graph, args.seconds),
                                "flips": best[2], "adapt_schedule": best[3]}}

@@ -26,6 +26,7 @@ turn and their ratio is the median of the ratios of neighbouring runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -397,6 +398,21 @@ def bench_adapt(args, device) -> dict:
         out[point]["runs"] = runs
         if len(modes) == 2:
             out[point]["eager_over_graph"] = out[point]["eager_ms_per_step"] / out[point]["graph_ms_per_step"]
+        variants = json.loads(args.adapt_variants) if args.adapt_variants else []
+        if variants:  # other adaptation options, graphed where the device allows, each against the others in turn
+            times: dict = {json.dumps(v, sort_keys=True): [] for v in variants}
+            for _ in range(args.repeats):
+                for v in variants:
+                    kw = dict(v)
+                    model = net
+                    if kw.pop("channels_last", False):
+                        model = copy.deepcopy(net).to(memory_format=torch.channels_last)
+                    _, rec = adapt_to_volume(model, noisy, context, (0, 1, 2), float("inf"), batch_size=b, crop=c,
+                                             max_steps=args.adapt_steps, sigma=0.03, cuda_graph=modes[-1], **kw)
+                    sync(device)
+                    times[json.dumps(v, sort_keys=True)].append(1000 * rec["seconds"] / rec["steps"])
+            out[point]["variants_ms_per_step"] = {k: statistics.median(t) for k, t in times.items()}
+            out[point]["variant_runs"] = times
     return out
 
 
@@ -431,6 +447,10 @@ def main(argv=None) -> int:
                     help="the loader's gather + corruption as one CUDA graph (default: on with CUDA, as the bundles)")
     ap.add_argument("--adapt-steps", type=int, default=200, help="SURE steps per timed adaptation (--only adapt)")
     ap.add_argument("--adapt-points", default="8x96,32x160", help="batch x crop of the adaptation steps timed")
+    ap.add_argument("--adapt-variants", default=None,
+                    help='JSON list of adapt_to_volume keyword sets to time too at each point (graphed on CUDA), e.g. '
+                         '\'[{"anchor": "crop"}, {"anchor": "volume"}]\'; "channels_last": true runs the network in '
+                         'that memory format')
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--iters-standard", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=20)

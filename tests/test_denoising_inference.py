@@ -359,6 +359,90 @@ def test_each_adaptation_step_trains_on_the_batch_of_crops_asked():
     assert shapes == {(4, 5, 16, 24), (2, 5, 16, 24)} and not rec["cuda_graph"]  # never on a CPU
 
 
+def test_sure_with_rademacher_probes_estimates_the_error_and_adapts():
+    """Hutchinson's +1 / -1 probes: the same unbiased estimate of the squared error as Gaussian ones,
+    and an adaptation driven by it lowers the true error."""
+    from mriae.infer.adapt import adapt_to_volume, sure_loss
+    from mriae.prepare.preprocessing import robust_scale
+
+    data, _ = _template_crop()
+    clean, _, _ = robust_scale(torch.from_numpy(data))
+    noisy = clean + 0.05 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    stacks = torch.stack([noisy[z - 2 : z + 3] for z in range(2, clean.shape[0] - 2)])
+    net = _BoxBlur()
+    mse = float(((net(stacks) - clean[2:-2, None]) ** 2).mean())
+    signs = torch.randint(0, 2, stacks[:, :1].shape, generator=torch.Generator().manual_seed(1)).float() * 2 - 1
+    sure = float(sure_loss(net, stacks, torch.ones_like(signs, dtype=torch.bool), 2, 0.05, 1e-3, probe=signs))
+    assert abs(sure - mse) < 0.05 * mse, (sure, mse)
+
+    small, clean, noisy = _small_denoiser_and_noisy_crop()
+    small.eval()
+    probes = []
+    real_sure = sure_loss
+
+    def recording(*a, **k):
+        probes.append(k["probe"])
+        return real_sure(*a, **k)
+
+    import mriae.infer.adapt as adapt
+
+    adapt.sure_loss = recording
+    try:
+        adapted, rec = adapt_to_volume(small, noisy, 2, [0, 1, 2], max_steps=60, crop=32, batch_size=8, lr=1e-3,
+                                       probe="rademacher")
+    finally:
+        adapt.sure_loss = real_sure
+    assert rec["probe"] == "rademacher" and len(probes) == 60
+    assert all(set(p.unique().tolist()) == {-1.0, 1.0} for p in probes)
+    assert _true_mse(adapted, noisy, clean) < 0.7 * _true_mse(small, noisy, clean)
+    with pytest.raises(ValueError, match="adaptation probe"):
+        adapt_to_volume(small, noisy, 2, [0], max_steps=1, probe="uniform")
+
+
+def test_sure_anchor_from_whole_slices_runs_the_frozen_network_once_per_view():
+    """anchor="volume": the network before adaptation runs over each view's whole slices (padded to
+    the stride, as inference runs it) before the steps, never on a step's crops, and the adaptation
+    still lowers the true error; on a CPU "auto" keeps the per-crop anchor."""
+    from mriae.infer.adapt import adapt_to_volume
+
+    net, clean, noisy = _small_denoiser_and_noisy_crop()
+    net.eval()
+    shapes = []
+    net.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    adapted, rec = adapt_to_volume(net, noisy, 2, [0, 1], max_steps=40, crop=16, batch_size=4, lr=1e-3,
+                                   anchor="volume")
+    assert rec["anchor"] == "volume" and rec["steps"] == 40
+    x, y, z = noisy.shape
+    whole = [s for s in shapes if s[2:] != (16, 16)]
+    pad = lambda n: n + (-n) % 8  # noqa: E731
+    assert {s[2:] for s in whole} == {(pad(y), pad(z)), (pad(x), pad(z))}
+    assert sum(s[0] for s in whole) == x + y  # every slice of the two views, once
+    assert [s for s in shapes if s[2:] == (16, 16)] == [(8, 5, 16, 16)] * 40  # the steps: adapted copy only
+    assert _true_mse(adapted, noisy, clean) < 0.8 * _true_mse(net, noisy, clean)
+    shapes.clear()
+    _, rec = adapt_to_volume(net, noisy, 2, [0], max_steps=2, crop=16, batch_size=4, lr=1e-3)
+    assert rec["anchor"] == "crop" and shapes.count((4, 5, 16, 16)) == 2  # the frozen copy on each step's crops
+    with pytest.raises(ValueError, match="adaptation anchor"):
+        adapt_to_volume(net, noisy, 2, [0], max_steps=1, anchor="slice")
+
+
+def test_adaptation_of_named_modules_keeps_the_others_as_trained():
+    from mriae.infer.adapt import adapt_to_volume
+
+    net, clean, noisy = _small_denoiser_and_noisy_crop()
+    net.eval()
+    adapted, rec = adapt_to_volume(net, noisy, 2, [0, 1, 2], max_steps=60, crop=32, batch_size=8, lr=1e-3,
+                                   modules=["up3", "full", "head"])
+    assert rec["modules"] == ["up3", "full", "head"]
+    before, after = dict(net.named_parameters()), dict(adapted.named_parameters())
+    moved = {n.split(".")[0] for n in before if not torch.equal(before[n], after[n])}
+    assert moved == {"up3", "full", "head"}
+    assert _true_mse(adapted, noisy, clean) < 0.9 * _true_mse(net, noisy, clean)
+    assert all(p.requires_grad for p in net.parameters())  # the loaded model is left as it was
+    with pytest.raises(ValueError, match=r"'decoder'.*stem"):
+        adapt_to_volume(net, noisy, 2, [0], max_steps=1, modules=["decoder"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("loss,schedule", [("sure", "constant"), ("sure", "cosine"), ("noise2self", "constant")])
 def test_adaptation_replayed_from_a_cuda_graph_takes_the_same_steps_as_eager(loss, schedule, monkeypatch):
@@ -451,3 +535,16 @@ def test_adapt_select_grid_points_name_their_batch_and_crop_and_reach_the_infere
     assert parser.get_parsed_content("adapt_steps") == 900 and parser.get_parsed_content("adapt_seconds") == 2.4
     default = bundle_config(root, root / "configs" / "inference.json").get_parsed_content("inferer#adapt_kwargs")
     assert default["cuda_graph"] is True and (default["batch_size"], default["crop"]) == (32, 160)
+    # --also: any other inference.json key, each value JSON or a string, reaching the adaptation
+    (probes, mods) = mod.parse_also(["inferer#adapt_kwargs#probe=gaussian|rademacher",
+                                     'inferer#adapt_kwargs#modules=null|["up3","head"]'])
+    assert [v for _, v in probes] == ['"gaussian"', '"rademacher"']
+    assert [v for _, v in mods] == ["null", '["up3", "head"]']
+    over = mod.point_overrides((3e-4, 900, 1, "constant", 16, 96, (probes[1], mods[1])), "sure")
+    kwargs = bundle_config(root, root / "configs" / "inference.json", overrides=over).get_parsed_content(
+        "inferer#adapt_kwargs")
+    assert kwargs["probe"] == "rademacher" and kwargs["modules"] == ["up3", "head"] and kwargs["batch_size"] == 16
+    from mriae.errors import InputError
+
+    with pytest.raises(InputError, match="KEY=VALUE1"):
+        mod.parse_also(["inferer#adapt_kwargs#probe"])

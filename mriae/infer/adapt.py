@@ -99,6 +99,9 @@ def adapt_to_volume(
     epsilon: float = 1e-3,
     schedule: str = "constant",
     cuda_graph: bool = False,
+    probe: str = "gaussian",
+    anchor: str = "auto",
+    modules: Sequence[str] | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy of ``network`` on ``volume`` (X, Y, Z), scaled as the network expects, for
     at most ``seconds`` (or ``max_steps``) with the ``loss`` ``"noise2self"`` (blind spot) or
@@ -113,17 +116,31 @@ def adapt_to_volume(
     ``max_steps`` and elapsed / ``seconds``), so that the last steps average out the noise of the
     random crops and probes instead of moving by a full step. ``cuda_graph``: on a CUDA device, replay
     each step from a CUDA graph (the record's ``"cuda_graph"`` says whether it was; elsewhere, or if
-    the capture fails, the steps run eagerly)."""
+    the capture fails, the steps run eagerly). ``probe``: SURE's divergence direction, ``"gaussian"``
+    (standard normal) or ``"rademacher"`` (+1 / -1 with equal odds: Hutchinson's trace estimator of
+    least variance, Hutchinson 1990). ``anchor``: where SURE is blind, what holds the output,
+    ``"crop"`` (the network before adaptation run on each step's crops) or ``"volume"`` (run once,
+    before the steps, on the whole slices of each view, as inference runs it: one pass instead of one
+    per step); ``"auto"``: ``"volume"`` on a CUDA device, where that pass costs a few dozen steps' time,
+    ``"crop"`` elsewhere. ``modules``: names of the network's submodules (``named_modules``) whose
+    weights adapt, the rest kept as trained; None adapts all. The record also names ``"probe"``,
+    ``"anchor"`` and ``"modules"``."""
     if loss not in ("noise2self", "sure"):
         raise ValueError(f"adaptation loss {loss!r}: 'noise2self' or 'sure'")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"adaptation schedule {schedule!r}: 'constant' or 'cosine'")
+    if probe not in ("gaussian", "rademacher"):
+        raise ValueError(f"adaptation probe {probe!r}: 'gaussian' or 'rademacher'")
+    if anchor not in ("auto", "crop", "volume"):
+        raise ValueError(f"adaptation anchor {anchor!r}: 'auto', 'crop' or 'volume'")
+    if anchor == "auto":
+        anchor = "volume" if volume.device.type == "cuda" else "crop"
     if int(batch_size) < 1 or int(crop) < 8 or int(crop) % 8:
         raise ValueError(f"adaptation batch_size {batch_size!r} and crop {crop!r}: at least 1, and a multiple of 8")
     with torch.inference_mode(False):  # an inference engine's tensors cannot be saved for backward
         return _adapt(
             network, volume.clone(), context, axes, seconds, lr, int(batch_size), int(crop), fraction, max_steps, seed,
-            loss, sigma, float(epsilon), schedule, bool(cuda_graph),
+            loss, sigma, float(epsilon), schedule, bool(cuda_graph), probe, anchor, modules,
         )
 
 
@@ -249,19 +266,45 @@ def _crop_size(views: Sequence[torch.Tensor], crop: int) -> tuple[int, int]:
             min([crop] + [v.shape[2] - v.shape[2] % 8 for v in views]))
 
 
+def _trainable(net: torch.nn.Module, modules: Sequence[str] | None) -> list[torch.nn.Parameter]:
+    """The parameters of ``net``'s named submodules (all when None); the others stop taking gradients."""
+    if modules is None:
+        return list(net.parameters())
+    named = dict(net.named_modules())
+    unknown = [m for m in modules if m not in named or not m]
+    if unknown or not modules:
+        top = ", ".join(n for n, _ in net.named_children())
+        raise ValueError(f"adaptation modules {list(modules)!r}: not submodules of the network (its own: {top})")
+    keep = {id(p) for m in modules for p in named[m].parameters()}
+    for p in net.parameters():
+        p.requires_grad_(id(p) in keep)
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+def _whole_slice_outputs(frozen: torch.nn.Module, volume: torch.Tensor, context: int, axes: Sequence[int]) -> list:
+    """The network's output on every whole slice of each view (slices along ``axes[i]`` first), as
+    inference computes it (``SliceStackInferer`` along one axis)."""
+    from mriae.infer.pipeline import SliceStackInferer
+
+    with torch.no_grad():
+        return [SliceStackInferer(context=context, axes=[a])(volume[None, None], frozen)[0, 0].movedim(a, 0)
+                for a in axes]
+
+
 def _adapt(
     network, volume, context, axes, seconds, lr, batch_size, crop, fraction, max_steps, seed, loss, sigma, eps, schedule,
-    cuda_graph,
+    cuda_graph, probe, anchor, modules,
 ):
     dev = volume.device
     net = copy.deepcopy(network).to(dev)
     net.train()
     _freeze_norm(net)
+    params = _trainable(net, modules)
     graph = cuda_graph and dev.type == "cuda"
     # capturable: Adam's step counts live on the device (a graph replays them); the rate a tensor the
     # cosine schedule can change between replays
-    opt = (torch.optim.Adam(net.parameters(), lr=torch.tensor(float(lr), device=dev), capturable=True) if graph
-           else torch.optim.Adam(net.parameters(), lr=lr))
+    opt = (torch.optim.Adam(params, lr=torch.tensor(float(lr), device=dev), capturable=True) if graph
+           else torch.optim.Adam(params, lr=lr))
     g = torch.Generator(device=dev).manual_seed(seed)
     views = []
     for a in axes:
@@ -279,7 +322,8 @@ def _adapt(
         inside = (local > 3 * sigma) & (local < 1 - 3 * sigma)
         masks = [inside.movedim(a, 0) for a in axes]  # the centre slices' own voxels, unpadded
         frozen = copy.deepcopy(network).to(dev).eval()  # the output before adaptation, kept where SURE is blind
-        sure = (masks, sigma, eps, frozen)
+        held = _whole_slice_outputs(frozen, volume, context, axes) if anchor == "volume" else frozen
+        sure = (masks, sigma, eps, held, probe)
     with torch.enable_grad():  # inference engines run under no_grad
         graphed = _train(net, opt, views, context, offs, batch_size, crop, fraction, g, losses, seconds, max_steps, t0,
                          sure, lr if schedule == "cosine" else None, graph)
@@ -298,6 +342,8 @@ def _adapt(
         "loss_first": sum(values[:tenth]) / tenth,
         "loss_last": sum(values[-tenth:]) / tenth,
         "cuda_graph": graphed,
+        **({"probe": probe, "anchor": anchor} if sure else {}),
+        "modules": None if modules is None else list(modules),
     }
     return net, record
 
@@ -310,12 +356,15 @@ def _train(
     dev = offs.device
     p_h, p_w = _crop_size(views, crop)
     if sure is not None:
-        masks, sigma, eps, frozen = sure
-
-        def loss_fn(stacks, valid, probe):
-            with torch.no_grad():
-                anchor = frozen(stacks)
-            return sure_loss(net, stacks, valid, context, sigma, eps, anchor=anchor, probe=probe)
+        masks, sigma, eps, held, probe_kind = sure
+        if isinstance(held, torch.nn.Module):  # the network before adaptation, run on each step's crops
+            def loss_fn(stacks, valid, probe):
+                with torch.no_grad():
+                    anchor = held(stacks)
+                return sure_loss(net, stacks, valid, context, sigma, eps, anchor=anchor, probe=probe)
+        else:  # its outputs on the whole slices, cropped like the stacks
+            def loss_fn(stacks, valid, probe, anchor):
+                return sure_loss(net, stacks, valid, context, sigma, eps, anchor=anchor, probe=probe)
     else:
         def loss_fn(stacks, mask):  # the mean over the hidden pixels, without indexing by the mask (a graph
             x, _ = blind_spot_batch(stacks, context, fraction, mask=mask)  # replays fixed shapes)
@@ -340,9 +389,14 @@ def _train(
         xs = (x0[:, None] + torch.arange(p_w, device=dev))[:, None, None, :]
         stacks = v[(z[:, None] + offs[None])[:, :, None, None], ys, xs]
         if sure is not None:
-            valid = masks[step % len(views)][z[:, None, None, None], ys, xs]
-            probe = torch.randn((batch_size, 1, p_h, p_w), generator=g, device=dev, dtype=stacks.dtype)
-            losses.append(run(stacks, valid, probe))
+            at = (z[:, None, None, None], ys, xs)
+            valid = masks[step % len(views)][at]
+            if probe_kind == "rademacher":
+                probe = torch.randint(0, 2, (batch_size, 1, p_h, p_w), generator=g, device=dev).to(stacks.dtype) * 2 - 1
+            else:
+                probe = torch.randn((batch_size, 1, p_h, p_w), generator=g, device=dev, dtype=stacks.dtype)
+            extra = () if isinstance(held, torch.nn.Module) else (held[step % len(views)][at],)
+            losses.append(run(stacks, valid, probe, *extra))
         else:
             mask = torch.rand((batch_size, 1, p_h, p_w), generator=g, device=dev) < fraction
             losses.append(run(stacks, mask))
