@@ -384,6 +384,7 @@ def bench_adapt(args, device) -> dict:
     context = int(p["context"])
     modes = [False, True] if device.type == "cuda" else [False]
     out: dict = {"steps": args.adapt_steps, "shape": [256, 256, 150]}
+    variants = args.adapt_variants or []
     for point in args.adapt_points.split(","):
         b, c = (int(x) for x in point.split("x"))
         runs: dict = {str(m): [] for m in modes}
@@ -398,7 +399,6 @@ def bench_adapt(args, device) -> dict:
         out[point]["runs"] = runs
         if len(modes) == 2:
             out[point]["eager_over_graph"] = out[point]["eager_ms_per_step"] / out[point]["graph_ms_per_step"]
-        variants = json.loads(args.adapt_variants) if args.adapt_variants else []
         if variants:  # other adaptation options, graphed where the device allows, each against the others in turn
             times: dict = {json.dumps(v, sort_keys=True): [] for v in variants}
             for _ in range(args.repeats):
@@ -430,6 +430,17 @@ def bench_prepare(args) -> dict:
     return {"volumes": len(subjects), "seconds": dt, "volumes_per_s": len(subjects) / dt}
 
 
+def _json_list(text: str) -> list:
+    """``--adapt-variants``: a JSON list of objects, or a one-line argparse error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise argparse.ArgumentTypeError("a JSON list of objects, e.g. '[{\"anchor\": \"crop\"}]'")
+    return value
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmark.json")
@@ -447,7 +458,7 @@ def main(argv=None) -> int:
                     help="the loader's gather + corruption as one CUDA graph (default: on with CUDA, as the bundles)")
     ap.add_argument("--adapt-steps", type=int, default=200, help="SURE steps per timed adaptation (--only adapt)")
     ap.add_argument("--adapt-points", default="8x96,32x160", help="batch x crop of the adaptation steps timed")
-    ap.add_argument("--adapt-variants", default=None,
+    ap.add_argument("--adapt-variants", default=None, type=_json_list,
                     help='JSON list of adapt_to_volume keyword sets to time too at each point (graphed on CUDA), e.g. '
                          '\'[{"anchor": "crop"}, {"anchor": "volume"}]\'; "channels_last": true runs the network in '
                          'that memory format')

@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from mriae.infer.slices import along_axis
 from mriae.networks.blocks import immerkaer_mask
 
 __all__ = ["blind_spot_batch", "adapt_to_volume", "volume_sigma", "sure_loss"]
@@ -122,9 +123,9 @@ def adapt_to_volume(
     ``"crop"`` (the network before adaptation run on each step's crops) or ``"volume"`` (run once,
     before the steps, on the whole slices of each view, as inference runs it: one pass instead of one
     per step; not yet measured on a GPU); ``"auto"``: ``"volume"`` on a CUDA device, where that pass
-    costs a few dozen steps' time, ``"crop"`` elsewhere. ``modules``: names of the network's submodules (``named_modules``) whose
-    weights adapt, the rest kept as trained; None adapts all. The record also names ``"probe"``,
-    ``"anchor"`` and ``"modules"``."""
+    costs a few dozen steps' time, ``"crop"`` elsewhere. ``modules``: names of the network's
+    submodules (``named_modules``) whose weights adapt, the rest kept as trained; None adapts all.
+    The record also names ``"probe"``, ``"anchor"`` and ``"modules"``."""
     if loss not in ("noise2self", "sure"):
         raise ValueError(f"adaptation loss {loss!r}: 'noise2self' or 'sure'")
     if schedule not in ("constant", "cosine"):
@@ -283,12 +284,9 @@ def _trainable(net: torch.nn.Module, modules: Sequence[str] | None) -> list[torc
 
 def _whole_slice_outputs(frozen: torch.nn.Module, volume: torch.Tensor, context: int, axes: Sequence[int]) -> list:
     """The network's output on every whole slice of each view (slices along ``axes[i]`` first), as
-    inference computes it (``SliceStackInferer`` along one axis)."""
-    from mriae.infer.pipeline import SliceStackInferer
-
+    inference computes it (``mriae.infer.slices.along_axis``)."""
     with torch.no_grad():
-        return [SliceStackInferer(context=context, axes=[a])(volume[None, None], frozen)[0, 0].movedim(a, 0)
-                for a in axes]
+        return [along_axis(volume, a, frozen, context).movedim(a, 0) for a in axes]
 
 
 def _adapt(
@@ -357,7 +355,8 @@ def _train(
     p_h, p_w = _crop_size(views, crop)
     if sure is not None:
         masks, sigma, eps, held, probe_kind = sure
-        if isinstance(held, torch.nn.Module):  # the network before adaptation, run on each step's crops
+        per_crop = isinstance(held, torch.nn.Module)
+        if per_crop:  # the network before adaptation, run on each step's crops
             def loss_fn(stacks, valid, probe):
                 with torch.no_grad():
                     anchor = held(stacks)
@@ -395,7 +394,7 @@ def _train(
                 probe = torch.randint(0, 2, (batch_size, 1, p_h, p_w), generator=g, device=dev).to(stacks.dtype) * 2 - 1
             else:
                 probe = torch.randn((batch_size, 1, p_h, p_w), generator=g, device=dev, dtype=stacks.dtype)
-            extra = () if isinstance(held, torch.nn.Module) else (held[step % len(views)][at],)
+            extra = () if per_crop else (held[step % len(views)][at],)
             losses.append(run(stacks, valid, probe, *extra))
         else:
             mask = torch.rand((batch_size, 1, p_h, p_w), generator=g, device=dev) < fraction

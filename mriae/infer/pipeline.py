@@ -19,11 +19,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import CopyItemsd, EnsureTyped
 
+from mriae.infer.slices import along_axis
 from mriae.prepare.plan import plan_config
 from mriae.prepare.preprocessing import geometric_transforms
 
@@ -134,29 +134,4 @@ class SliceStackInferer(Inferer):
         return out[None, None]
 
     def _along(self, vol: torch.Tensor, axis: int, network: torch.nn.Module) -> torch.Tensor:
-        v = vol.movedim(axis, 0)
-        n, h, w = v.shape
-        k = self.context
-        padded = F.pad(v[None, None], (0, 0, 0, 0, k, k), mode="replicate")[0, 0] if k else v
-        ph, pw = (-h) % self.multiple, (-w) % self.multiple
-        pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-        mode = "reflect" if min(h, w) > max(pads) else "replicate"
-        res = torch.empty_like(v)
-        for s in range(0, n, self.sw_batch_size):
-            idx = torch.arange(s, min(n, s + self.sw_batch_size), device=v.device)
-            stacks = padded[idx[:, None] + torch.arange(2 * k + 1, device=v.device)[None]]  # (b, 2k+1, h, w)
-            if ph or pw:
-                stacks = F.pad(stacks, pads, mode=mode)
-            y = self._ensemble(network, stacks)
-            res[s : s + len(idx)] = y[:, 0, pads[2] : pads[2] + h, pads[0] : pads[0] + w]
-        return res.movedim(0, axis)
-
-    def _ensemble(self, network: torch.nn.Module, stacks: torch.Tensor) -> torch.Tensor:
-        """The network's output, averaged over ``flips`` in-plane flips of the input (each undone)."""
-        dims = [(), (-1,), (-2,), (-2, -1)][: self.flips]
-        out = None
-        for i, d in enumerate(dims):
-            y = network(stacks.flip(d) if d else stacks).float()
-            y = y.flip(d) if d else y
-            out = y if out is None else out + (y - out) / (i + 1)
-        return out
+        return along_axis(vol, axis, network, self.context, self.sw_batch_size, self.multiple, self.flips)
