@@ -122,9 +122,9 @@ def adapt_to_volume(
     least variance, Hutchinson 1990). ``anchor``: where SURE is blind, what holds the output,
     ``"crop"`` (the network before adaptation run on each step's crops) or ``"volume"`` (run once,
     before the steps, on the whole slices of each view, as inference runs it: one pass instead of one
-    per step; not yet measured on a GPU); ``"auto"``: ``"volume"`` on a CUDA device, where that pass
-    costs a few dozen steps' time, ``"crop"`` elsewhere. ``modules``: names of the network's
-    submodules (``named_modules``) whose weights adapt, the rest kept as trained; None adapts all.
+    per step); ``"auto"``: ``"volume"`` on a CUDA device, ``"crop"`` elsewhere. ``modules``: names of
+    the network's submodules (``named_modules``) whose weights adapt, the rest kept as trained; None
+    adapts all.
     The record also names ``"probe"``, ``"anchor"`` and ``"modules"``."""
     if loss not in ("noise2self", "sure"):
         raise ValueError(f"adaptation loss {loss!r}: 'noise2self' or 'sure'")

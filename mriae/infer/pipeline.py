@@ -129,9 +129,6 @@ class SliceStackInferer(Inferer):
         out = None
         with torch.no_grad():
             for i, a in enumerate(axes):  # running mean: outputs that agree are returned unchanged
-                y = self._along(vol, a, network)
+                y = along_axis(vol, a, network, self.context, self.sw_batch_size, self.multiple, self.flips)
                 out = y if out is None else out + (y - out) / (i + 1)
         return out[None, None]
-
-    def _along(self, vol: torch.Tensor, axis: int, network: torch.nn.Module) -> torch.Tensor:
-        return along_axis(vol, axis, network, self.context, self.sw_batch_size, self.multiple, self.flips)
