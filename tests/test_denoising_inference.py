@@ -444,8 +444,11 @@ def test_adaptation_of_named_modules_keeps_the_others_as_trained():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("loss,schedule", [("sure", "constant"), ("sure", "cosine"), ("noise2self", "constant")])
-def test_adaptation_replayed_from_a_cuda_graph_takes_the_same_steps_as_eager(loss, schedule, monkeypatch):
+@pytest.mark.parametrize("loss,schedule,options", [
+    ("sure", "constant", {}), ("sure", "cosine", {}), ("noise2self", "constant", {}),
+    ("sure", "constant", {"probe": "rademacher", "anchor": "volume"}),
+])
+def test_adaptation_replayed_from_a_cuda_graph_takes_the_same_steps_as_eager(loss, schedule, options, monkeypatch):
     # full fp32 and deterministic convolutions: SURE's divergence divides an output difference by 1e-3,
     # so TF32 rounding and atomics would make any two runs differ, graphed or not
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -453,12 +456,12 @@ def test_adaptation_replayed_from_a_cuda_graph_takes_the_same_steps_as_eager(los
     matmul_tf32 = torch.backends.cuda.matmul.allow_tf32  # a property of cuBLAS: monkeypatch cannot undo it
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        _graph_against_eager(loss, schedule, monkeypatch)
+        _graph_against_eager(loss, schedule, options, monkeypatch)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
-def _graph_against_eager(loss, schedule, monkeypatch):
+def _graph_against_eager(loss, schedule, options, monkeypatch):
     import mriae.infer.adapt as adapt
 
     class EagerStep(adapt._Step):  # the same optimiser as a graphed run (capturable Adam), never captured
@@ -467,7 +470,7 @@ def _graph_against_eager(loss, schedule, monkeypatch):
 
     net, clean, noisy = _small_denoiser_and_noisy_crop()
     net, clean, noisy = net.cuda().eval(), clean.cuda(), noisy.cuda()
-    kw = dict(max_steps=40, crop=32, batch_size=8, lr=1e-3, loss=loss, schedule=schedule)
+    kw = dict(max_steps=40, crop=32, batch_size=8, lr=1e-3, loss=loss, schedule=schedule, **options)
     graphed, rec_g = adapt.adapt_to_volume(net, noisy, 2, [0, 1, 2], float("inf"), cuda_graph=True, **kw)
     monkeypatch.setattr(adapt, "_Step", EagerStep)
     eager, rec_e = adapt.adapt_to_volume(net, noisy, 2, [0, 1, 2], float("inf"), cuda_graph=True, **kw)
