@@ -475,6 +475,7 @@ def _graph_against_eager(loss, schedule, options, monkeypatch):
     monkeypatch.setattr(adapt, "_Step", EagerStep)
     eager, rec_e = adapt.adapt_to_volume(net, noisy, 2, [0, 1, 2], float("inf"), cuda_graph=True, **kw)
     assert rec_g["cuda_graph"] and not rec_e["cuda_graph"] and rec_g["steps"] == rec_e["steps"] == 40
+    assert all(rec_g[k] == rec_e[k] == v for k, v in options.items())  # the options were the ones run
     # replaying the captured step is taking the eager step: the same losses and weights
     assert rec_g["loss_last"] == pytest.approx(rec_e["loss_last"], rel=1e-6)
     for a, b in zip(eager.parameters(), graphed.parameters()):
